@@ -1,0 +1,22 @@
+//! Names of the environment variables the tools read, in one place.
+
+/// Base directory holding sessions (`--base`).
+pub const BASE: &str = "COORD_BASE";
+/// Session id (`--session`).
+pub const SESSION: &str = "COORD_SESSION";
+/// `1` adds fsync of file and directory to every atomic write.
+pub const FSYNC: &str = "COORD_FSYNC";
+/// Overrides the host name records carry (multi-host setups and tests).
+pub const HOST: &str = "COORD_HOST";
+/// Default bound on lock waits, in seconds (`--lock-timeout`).
+pub const LOCK_TIMEOUT: &str = "COORD_LOCK_TIMEOUT";
+
+/// The base directory used when neither `--base` nor `COORD_BASE` is given.
+pub const DEFAULT_BASE: &str = "/tmp/claude-agents";
+/// Default bound on lock waits, in seconds.
+pub const DEFAULT_LOCK_TIMEOUT_SECS: f64 = 10.0;
+
+/// Whether `COORD_FSYNC` asks for durable writes.
+pub fn fsync_requested() -> bool {
+    matches!(std::env::var(FSYNC).as_deref(), Ok("1") | Ok("true") | Ok("yes"))
+}

@@ -1,0 +1,27 @@
+//! `coord-core`: the session directory protocol shared by the coord tools.
+//!
+//! Processes coordinate through one session directory. This crate owns everything about
+//! that directory: where each file lives ([`layout`]), what each record holds
+//! ([`record`]), how files are written and read ([`fsio`]), how locks are taken
+//! ([`lock`]), which ids are valid ([`id`]), and the operations the binaries expose
+//! ([`session`], [`registry`], [`state`]). The binaries are thin: parse arguments, call
+//! in here, print through [`output`], exit through [`cli::run`].
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod env;
+pub mod error;
+pub mod fsio;
+pub mod id;
+pub mod layout;
+pub mod lock;
+pub mod output;
+pub mod record;
+pub mod registry;
+pub mod session;
+pub mod state;
+pub mod sys;
+pub mod time;
+
+pub use error::{Error, Result};
+pub use layout::{Base, SessionDir};

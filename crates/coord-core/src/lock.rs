@@ -1,0 +1,156 @@
+//! Named locks: `flock(2)` on `locks/<name>.lock`, through std's `File::lock` family.
+//!
+//! The kernel drops an flock when the last descriptor of its holder closes, so a lock
+//! dies with its holder, `kill -9` included: no pid files and no guessing about stale
+//! locks. Lock files are created on first use and never deleted while the session lives
+//! (deleting one would let two processes lock two different inodes of the same name).
+//!
+//! Waits are bounded. An uncontended lock costs one `try_lock`. A contended one is waited
+//! for in the kernel by a helper thread doing a blocking `lock`, so the waiter wakes the
+//! moment the holder releases; if the bound passes first the helper's late lock, should it
+//! ever come, is released at once.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::env;
+use crate::error::{Error, IoContext, Result};
+
+/// A held lock. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct LockGuard {
+    file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    /// The lock file this guard holds.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        // Closing the descriptor releases the flock as well; unlocking first makes the
+        // release independent of any descriptor a child might have inherited.
+        let _ = self.file.unlock();
+    }
+}
+
+/// The default bound on lock waits: `COORD_LOCK_TIMEOUT` seconds, else 10 s.
+pub fn default_timeout() -> Duration {
+    std::env::var(env::LOCK_TIMEOUT)
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs_f64(env::DEFAULT_LOCK_TIMEOUT_SECS))
+}
+
+/// Takes the exclusive lock on the file `path` (created if missing), waiting at most
+/// `timeout`. `name` is what the error calls the lock.
+pub fn acquire(name: &str, path: &Path, timeout: Duration) -> Result<LockGuard> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => return Ok(LockGuard { file, path: path.to_path_buf() }),
+        Err(TryLockError::WouldBlock) => {}
+        Err(TryLockError::Error(e)) => return Err(lock_error(path, e)),
+    }
+    if timeout.is_zero() {
+        return Err(Error::LockTimeout { name: name.to_string(), path: path.to_path_buf(), waited_ms: 0 });
+    }
+    let started = Instant::now();
+    let (tx, rx) = mpsc::sync_channel::<std::io::Result<File>>(1);
+    std::thread::Builder::new()
+        .name(format!("lock {name}"))
+        .spawn(move || {
+            let outcome = file.lock().map(|()| file);
+            // If the waiter gave up, the send fails and the File (and its lock) drops here.
+            let _ = tx.send(outcome);
+        })
+        .ctx("start lock waiter for", path)?;
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(file)) => Ok(LockGuard { file, path: path.to_path_buf() }),
+        Ok(Err(e)) => Err(lock_error(path, e)),
+        Err(_) => Err(Error::LockTimeout {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            waited_ms: started.elapsed().as_millis(),
+        }),
+    }
+}
+
+/// Takes the lock only if it is free right now; `Ok(None)` if another process holds it.
+pub fn try_acquire(path: &Path) -> Result<Option<LockGuard>> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(LockGuard { file, path: path.to_path_buf() })),
+        Err(TryLockError::WouldBlock) => Ok(None),
+        Err(TryLockError::Error(e)) => Err(lock_error(path, e)),
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).ctx("open lock file", path)
+}
+
+fn lock_error(path: &Path, e: std::io::Error) -> Error {
+    // Filesystems without lock support answer ENOLCK or EOPNOTSUPP; say so instead of
+    // carrying on unlocked.
+    let unsupported = matches!(e.raw_os_error(), Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP));
+    if unsupported {
+        Error::Failed(format!(
+            "cannot lock {}: the filesystem does not support file locks ({e}); coord refuses to run unlocked, put the base directory on a filesystem with flock or POSIX lock support",
+            path.display()
+        ))
+    } else {
+        Error::io("lock", path, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_times_out_then_gets_it_after_release() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("x.lock");
+        let held = acquire("x", &p, Duration::from_secs(1)).expect("first");
+        let err = acquire("x", &p, Duration::from_millis(50)).expect_err("contended");
+        assert!(matches!(err, Error::LockTimeout { .. }));
+        assert_eq!(err.exit_code(), 1);
+        assert!(try_acquire(&p).expect("try").is_none());
+        drop(held);
+        let again = acquire("x", &p, Duration::from_millis(50)).expect("free again");
+        drop(again);
+        assert!(p.exists(), "lock files are never deleted");
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_the_holder_releases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("y.lock");
+        let held = acquire("y", &p, Duration::from_secs(1)).expect("first");
+        let p2 = p.clone();
+        let waiter = std::thread::spawn(move || acquire("y", &p2, Duration::from_secs(5)).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(30));
+        drop(held);
+        waiter.join().expect("join").expect("waiter got the lock");
+    }
+
+    #[test]
+    fn a_timed_out_waiter_does_not_keep_the_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("z.lock");
+        let held = acquire("z", &p, Duration::from_secs(1)).expect("first");
+        assert!(acquire("z", &p, Duration::from_millis(20)).is_err());
+        drop(held);
+        // The abandoned helper may take the lock briefly; it must give it back.
+        let got = acquire("z", &p, Duration::from_secs(2));
+        assert!(got.is_ok());
+    }
+}

@@ -1,0 +1,238 @@
+//! Shared state documents: `state/<key>.json`, changed only under the key's lock.
+//!
+//! Reads take no lock (a rename-published file is always complete). Every change is a
+//! read-modify-write under the named lock `<key>`, so `state lock <key> -- CMD` excludes
+//! `state set` and `state update` of the same key.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::fsio;
+use crate::id;
+use crate::layout::SessionDir;
+
+/// Reads a key's whole document. A missing key is a failure (exit 1) naming the file.
+pub fn get(dir: &SessionDir, key: &str) -> Result<Value> {
+    id::validate("state key", key)?;
+    let path = dir.state_file(key);
+    fsio::read_json_opt(&path)?
+        .ok_or_else(|| Error::Failed(format!("state key {key:?} does not exist ({} is missing)", path.display())))
+}
+
+/// Reads the value at `pointer` (RFC 6901) in a key's document.
+pub fn get_at(dir: &SessionDir, key: &str, pointer: &str) -> Result<Value> {
+    check_pointer(pointer)?;
+    let doc = get(dir, key)?;
+    doc.pointer(pointer)
+        .cloned()
+        .ok_or_else(|| Error::Failed(format!("state key {key:?} has no value at pointer {pointer:?}")))
+}
+
+/// Sets the value at `pointer` in a key's document (creating the key and any missing
+/// parent objects) under the key's lock. Returns the new document.
+pub fn set(dir: &SessionDir, key: &str, pointer: &str, value: Value, timeout: Duration) -> Result<Value> {
+    id::validate("state key", key)?;
+    check_pointer(pointer)?;
+    let _guard = dir.lock(key, timeout)?;
+    let path = dir.state_file(key);
+    let mut doc = fsio::read_json_opt(&path)?.unwrap_or(Value::Null);
+    set_pointer(&mut doc, pointer, value)
+        .map_err(|why| Error::Failed(format!("cannot set {pointer:?} in state key {key:?}: {why}")))?;
+    fsio::write_json(&path, &doc)?;
+    Ok(doc)
+}
+
+/// Runs `cmd` with the key's current document (`null` if the key is new) on stdin,
+/// under the key's lock. If `cmd` exits 0 and prints one valid JSON value, that value
+/// replaces the document and is returned; otherwise nothing changes.
+pub fn update(dir: &SessionDir, key: &str, cmd: &[String], timeout: Duration) -> Result<Value> {
+    id::validate("state key", key)?;
+    let (program, args) =
+        cmd.split_first().ok_or_else(|| Error::Usage("state update needs a command after --".into()))?;
+    let _guard = dir.lock(key, timeout)?;
+    let path = dir.state_file(key);
+    let current = fsio::read_json_opt::<Value>(&path)?.unwrap_or(Value::Null);
+    let input = fsio::to_json_bytes(&current);
+
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::Failed(format!("cannot run {program:?}: {e}; state key {key:?} unchanged")))?;
+    let mut stdin = child.stdin.take().expect("stdin was piped");
+    // Feed stdin from a thread so a command that prints before reading all its input
+    // cannot deadlock against us. A command that ignores stdin closes the pipe early;
+    // that is its business, so the write error is dropped.
+    let feeder = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let mut out = Vec::new();
+    let read = child.stdout.take().expect("stdout was piped").read_to_end(&mut out);
+    let status = child.wait().map_err(|e| Error::Failed(format!("waiting for {program:?}: {e}")))?;
+    let _ = feeder.join();
+    read.map_err(|e| Error::Failed(format!("reading the output of {program:?}: {e}; state key {key:?} unchanged")))?;
+    if !status.success() {
+        return Err(Error::Failed(format!("{program:?} {}; state key {key:?} unchanged", describe(status))));
+    }
+    let new: Value = serde_json::from_slice(&out).map_err(|e| {
+        Error::Failed(format!(
+            "{program:?} printed invalid JSON (line {}, column {}: {}); state key {key:?} unchanged",
+            e.line(),
+            e.column(),
+            e
+        ))
+    })?;
+    fsio::write_json(&path, &new)?;
+    Ok(new)
+}
+
+/// Runs `cmd` holding the named lock and returns its exit code (128+N if killed by signal N;
+/// 127 if it cannot be found, 126 if it cannot be run).
+pub fn with_lock(dir: &SessionDir, name: &str, cmd: &[String], timeout: Duration) -> Result<u8> {
+    let (program, args) =
+        cmd.split_first().ok_or_else(|| Error::Usage("state lock needs a command after --".into()))?;
+    let _guard = dir.lock(name, timeout)?;
+    let status = match Command::new(program).args(args).status() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot run {program:?}: {e}");
+            return Ok(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+        }
+    };
+    Ok(exit_code_of(status))
+}
+
+/// A child's exit status as a shell would report it.
+pub fn exit_code_of(status: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => u8::try_from(c).unwrap_or(1),
+        (None, Some(sig)) => u8::try_from(128 + sig).unwrap_or(255),
+        (None, None) => 1,
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("was killed by signal {s}"),
+        _ => "failed".to_string(),
+    }
+}
+
+fn check_pointer(pointer: &str) -> Result<()> {
+    if pointer.is_empty() || pointer.starts_with('/') {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid JSON pointer {pointer:?}: it must be empty (the whole document) or start with '/' (RFC 6901), e.g. /phase"
+        )))
+    }
+}
+
+fn unescape(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Sets `value` at RFC 6901 `pointer` in `doc`, creating missing objects on the way.
+/// An array index must exist, or be `-` or the array's length to append.
+pub fn set_pointer(doc: &mut Value, pointer: &str, value: Value) -> std::result::Result<(), String> {
+    if pointer.is_empty() {
+        *doc = value;
+        return Ok(());
+    }
+    let tokens: Vec<String> = pointer[1..].split('/').map(unescape).collect();
+    let (last, parents) = tokens.split_last().expect("a non-empty pointer has a token");
+    let mut cur = doc;
+    for token in parents {
+        if cur.is_null() {
+            *cur = Value::Object(Default::default());
+        }
+        cur = match cur {
+            Value::Object(map) => map.entry(token.clone()).or_insert(Value::Null),
+            Value::Array(arr) => {
+                let i = array_index(token, arr.len(), false)?;
+                &mut arr[i]
+            }
+            other => return Err(format!("{token:?} is inside a {} value, not an object or array", kind(other))),
+        };
+    }
+    if cur.is_null() {
+        *cur = Value::Object(Default::default());
+    }
+    match cur {
+        Value::Object(map) => {
+            map.insert(last.clone(), value);
+        }
+        Value::Array(arr) => {
+            let i = array_index(last, arr.len(), true)?;
+            if i == arr.len() {
+                arr.push(value);
+            } else {
+                arr[i] = value;
+            }
+        }
+        other => return Err(format!("{last:?} is inside a {} value, not an object or array", kind(other))),
+    }
+    Ok(())
+}
+
+fn array_index(token: &str, len: usize, may_append: bool) -> std::result::Result<usize, String> {
+    if token == "-" && may_append {
+        return Ok(len);
+    }
+    let i: usize = token.parse().map_err(|_| format!("{token:?} is not an array index"))?;
+    if i < len || (may_append && i == len) {
+        Ok(i)
+    } else {
+        Err(format!("array index {i} is out of range (length {len})"))
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn set_pointer_creates_parents_and_appends() {
+        let mut doc = json!({"errors": [], "phase": "discovery"});
+        set_pointer(&mut doc, "/phase", json!("analysis")).expect("phase");
+        set_pointer(&mut doc, "/errors/-", json!("e1")).expect("append");
+        set_pointer(&mut doc, "/errors/1", json!("e2")).expect("append by index");
+        set_pointer(&mut doc, "/a~1b/c~0d", json!(1)).expect("escaped");
+        assert_eq!(doc, json!({"errors": ["e1", "e2"], "phase": "analysis", "a/b": {"c~d": 1}}));
+        assert!(set_pointer(&mut doc, "/errors/5", json!(0)).is_err());
+        assert!(set_pointer(&mut doc, "/phase/x", json!(0)).is_err());
+        let mut null = Value::Null;
+        set_pointer(&mut null, "/x/y", json!(true)).expect("from null");
+        assert_eq!(null, json!({"x": {"y": true}}));
+        set_pointer(&mut null, "", json!(3)).expect("whole");
+        assert_eq!(null, json!(3));
+    }
+
+    #[test]
+    fn pointers_must_be_rooted() {
+        assert!(check_pointer("phase").is_err());
+        assert!(check_pointer("").is_ok());
+        assert!(check_pointer("/phase").is_ok());
+    }
+}

@@ -1,0 +1,56 @@
+//! Timestamps: RFC 3339 UTC strings in records, milliseconds for arithmetic.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Now, as RFC 3339 UTC with milliseconds (`2026-11-23T10:30:00.123Z`).
+pub fn now_rfc3339() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// `t` as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses an RFC 3339 timestamp as written by [`rfc3339`] (or with seconds only).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Whole seconds since the Unix epoch, now.
+pub fn unix_secs_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Parses a duration such as `90s`, `15m`, `1h`, `2days` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("invalid duration {s:?}: must be a non-negative number of seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30, 90s, 15m, 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_parses_durations() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let s = rfc3339(t);
+        assert_eq!(s, "2023-11-14T22:13:20.123Z");
+        assert_eq!(parse_rfc3339(&s), Some(t));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+}
