@@ -1,1 +1,7 @@
-mod placeholder_check {}
+//! End-to-end tests: each drives the built binaries as a user would.
+//!
+//! Build first (`cargo build --workspace`), then `cargo test`; `scripts/test.sh` does both.
+
+mod util;
+
+mod foundation;
