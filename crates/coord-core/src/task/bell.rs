@@ -54,7 +54,7 @@ impl Bell {
     /// entries renamed or created in it. Missing bell files are created first.
     pub fn watch(paths: &[PathBuf]) -> Bell {
         let inotify = match Inotify::init() {
-            Ok(mut ino) => {
+            Ok(ino) => {
                 let mut ok = true;
                 for p in paths {
                     if !p.exists() {
@@ -128,7 +128,15 @@ impl Bell {
             if let Some(ino) = &mut self.inotify {
                 let mut buf = [0u8; 4096];
                 // Drain everything queued: one wake-up per burst of changes.
-                while matches!(ino.read_events(&mut buf), Ok(mut ev) if ev.next().is_some()) {}
+                loop {
+                    let more = match ino.read_events(&mut buf) {
+                        Ok(mut ev) => ev.next().is_some(),
+                        Err(_) => false,
+                    };
+                    if !more {
+                        break;
+                    }
+                }
             }
             return Wake::Changed;
         }
