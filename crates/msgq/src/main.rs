@@ -207,9 +207,8 @@ fn recipients(allow_unregistered: bool) -> Recipients {
 fn parse_payload(text: Option<&str>) -> Result<Value> {
     match text {
         None => Ok(Value::Object(Default::default())),
-        Some(t) => serde_json::from_str(t).map_err(|e| {
-            Error::Usage(format!("--payload {t:?} is not valid JSON ({e}); quote text as '\"text\"'"))
-        }),
+        Some(t) => serde_json::from_str(t)
+            .map_err(|e| Error::Usage(format!("--payload {t:?} is not valid JSON ({e}); quote text as '\"text\"'"))),
     }
 }
 
