@@ -5,4 +5,5 @@
 mod util;
 
 mod foundation;
+mod msgq;
 mod taskd;
