@@ -448,11 +448,14 @@ impl Scan<'_> {
                 Walked::Full => return Ok(Walked::Full),
                 Walked::Exhausted { drained: child_drained } => {
                     drained |= child_drained;
-                    // Priority directories stay. A time shard goes when this walk emptied
-                    // it or when it is long past; a sender that finds its directory gone
-                    // creates it again, and rmdir of a non-empty directory just fails.
+                    // Priority directories stay. The two finest time shards (256 ms and
+                    // 1 ms) go as soon as this walk empties them, coarser ones once they
+                    // are long past, so a send creates at most two directories and a
+                    // waiting receiver rarely wakes for a directory alone. A sender that
+                    // finds its directory gone creates it again; rmdir of a non-empty
+                    // directory just fails.
                     let stale = child_end.saturating_add(EMPTY_SHARD_GRACE_MS) < time::unix_ms(SystemTime::now());
-                    if level > 0 && (child_drained || stale) {
+                    if level > 0 && ((child_drained && level >= 3) || stale) {
                         let _ = fs::remove_dir(&child);
                     }
                 }
@@ -1102,10 +1105,11 @@ mod tests {
         assert!(claim(&dir, "w1", 1).expect("claim").is_empty());
         let c = count(&dir, "w1").expect("count");
         assert_eq!((c.queued, c.in_flight), (0, 6));
-        // Drained time shards are removed; priority directories stay.
-        for p in fs::read_dir(dir.mailbox_new("w1")).expect("ls") {
-            assert_eq!(fs::read_dir(p.expect("entry").path()).expect("ls").count(), 0);
+        // Drained fine shards are removed; priority and coarse time directories stay.
+        fn deepest(p: &Path) -> usize {
+            fs::read_dir(p).expect("ls").flatten().map(|e| 1 + deepest(&e.path())).max().unwrap_or(0)
         }
+        assert_eq!(deepest(&dir.mailbox_new("w1")), 3, "new/<prio>/<t0>/<t1>/ remain, nothing below");
     }
 
     #[test]
