@@ -291,7 +291,7 @@ fn build(msg: &Outgoing, to: &str) -> (Message, u64) {
         requires_ack: msg.requires_ack,
         priority: msg.priority,
         delivery_count: 0,
-        host: sys::host(),
+        host: this_host().to_string(),
         dead_reason: None,
         dead_at: None,
         extra: Map::new(),
@@ -325,7 +325,7 @@ fn next_id() -> (String, u64) {
         seq: 0,
         issued: 0,
         salt: random_u64(),
-        host: id_host(&sys::host()),
+        host: id_host(this_host()),
         pid: std::process::id(),
     });
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
@@ -342,6 +342,12 @@ fn next_id() -> (String, u64) {
     let rand = splitmix64(src.salt.wrapping_add(src.issued)) as u32;
     let id = format!("msg-{:016}-{:04x}-{}-{}-{rand:08x}", src.last_us, src.seq, src.host, src.pid);
     (id, src.last_us)
+}
+
+/// This host's name, looked up once per process (a batch sends many messages).
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(sys::host)
 }
 
 /// The host part of an id: the short host name, letters, digits and `-` only, at most 24.
