@@ -166,7 +166,7 @@ fn msgq_batch_with_a_bad_line_sends_nothing_and_names_the_line() {
 #[test]
 fn msgq_kill9_of_senders_and_receivers_loses_no_acknowledged_send() {
     let env = env_with(&["w1"]);
-    let mut rng = Rng::new(0x5eed_3);
+    let mut rng = Rng::new(0x0005_eed3);
     let mut sent_ok = HashSet::new();
     let mut received = HashSet::new();
     let mut kills = 0;
