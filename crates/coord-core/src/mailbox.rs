@@ -291,7 +291,7 @@ fn build(msg: &Outgoing, to: &str) -> (Message, u64) {
         requires_ack: msg.requires_ack,
         priority: msg.priority,
         delivery_count: 0,
-        host: sys::host(),
+        host: this_host().to_string(),
         dead_reason: None,
         dead_at: None,
         extra: Map::new(),
@@ -325,7 +325,7 @@ fn next_id() -> (String, u64) {
         seq: 0,
         issued: 0,
         salt: random_u64(),
-        host: id_host(&sys::host()),
+        host: id_host(this_host()),
         pid: std::process::id(),
     });
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
@@ -342,6 +342,12 @@ fn next_id() -> (String, u64) {
     let rand = splitmix64(src.salt.wrapping_add(src.issued)) as u32;
     let id = format!("msg-{:016}-{:04x}-{}-{}-{rand:08x}", src.last_us, src.seq, src.host, src.pid);
     (id, src.last_us)
+}
+
+/// This host's name, looked up once per process (a batch sends many messages).
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(sys::host)
 }
 
 /// The host part of an id: the short host name, letters, digits and `-` only, at most 24.
@@ -448,11 +454,14 @@ impl Scan<'_> {
                 Walked::Full => return Ok(Walked::Full),
                 Walked::Exhausted { drained: child_drained } => {
                     drained |= child_drained;
-                    // Priority directories stay. A time shard goes when this walk emptied
-                    // it or when it is long past; a sender that finds its directory gone
-                    // creates it again, and rmdir of a non-empty directory just fails.
+                    // Priority directories stay. The two finest time shards (256 ms and
+                    // 1 ms) go as soon as this walk empties them, coarser ones once they
+                    // are long past, so a send creates at most two directories and a
+                    // waiting receiver rarely wakes for a directory alone. A sender that
+                    // finds its directory gone creates it again; rmdir of a non-empty
+                    // directory just fails.
                     let stale = child_end.saturating_add(EMPTY_SHARD_GRACE_MS) < time::unix_ms(SystemTime::now());
-                    if level > 0 && (child_drained || stale) {
+                    if level > 0 && ((child_drained && level >= 3) || stale) {
                         let _ = fs::remove_dir(&child);
                     }
                 }
@@ -1102,10 +1111,11 @@ mod tests {
         assert!(claim(&dir, "w1", 1).expect("claim").is_empty());
         let c = count(&dir, "w1").expect("count");
         assert_eq!((c.queued, c.in_flight), (0, 6));
-        // Drained time shards are removed; priority directories stay.
-        for p in fs::read_dir(dir.mailbox_new("w1")).expect("ls") {
-            assert_eq!(fs::read_dir(p.expect("entry").path()).expect("ls").count(), 0);
+        // Drained fine shards are removed; priority and coarse time directories stay.
+        fn deepest(p: &Path) -> usize {
+            fs::read_dir(p).expect("ls").flatten().map(|e| 1 + deepest(&e.path())).max().unwrap_or(0)
         }
+        assert_eq!(deepest(&dir.mailbox_new("w1")), 3, "new/<prio>/<t0>/<t1>/ remain, nothing below");
     }
 
     #[test]
