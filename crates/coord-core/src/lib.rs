@@ -4,10 +4,11 @@
 //! that directory: where each file lives ([`layout`]), what each record holds
 //! ([`record`]), how files are written and read ([`fsio`]), how locks are taken
 //! ([`lock`]), which ids are valid ([`id`]), and the operations the binaries expose
-//! ([`session`], [`registry`], [`state`]). The binaries are thin: parse arguments, call
+//! ([`session`], [`registry`], [`state`], [`report`], [`archive`]). The binaries are thin: parse arguments, call
 //! in here, print through [`output`], exit through [`cli::run`].
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod cli;
 pub mod env;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod lock;
 pub mod output;
 pub mod record;
 pub mod registry;
+pub mod report;
 pub mod session;
 pub mod state;
 pub mod sys;
