@@ -4,4 +4,6 @@
 
 mod util;
 
+mod aggregate;
+mod archive;
 mod foundation;

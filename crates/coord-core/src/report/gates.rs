@@ -234,7 +234,7 @@ fn report_generated(dir: &SessionDir, c: &Collected) -> Outcome {
     let view: Value =
         fsio::read_json_opt(&dir.results_view()).map_err(|e| e.to_string())?.ok_or("state/results.json is missing")?;
     if view != fresh {
-        return Err("state/results.json does not match the result files (run aggregate)".into());
+        return Err("state/results.json is out of date with the result files (run aggregate)".into());
     }
     let report: Value = fsio::read_json_opt(&dir.final_report())
         .map_err(|e| e.to_string())?

@@ -596,7 +596,7 @@ mod tests {
         let files: Vec<_> = c.errors.iter().map(|e| e.file.as_str()).collect();
         assert_eq!(files, ["results/bad name.json", "results/broken.json", "results/neg.json", "results/shape.json"]);
         let broken = &c.errors[1];
-        assert_eq!((broken.line, broken.column), (Some(3), Some(18)));
+        assert_eq!((broken.line, broken.column), (Some(3), Some(17)));
         assert!(c.errors[3].message.contains("status"), "{:?}", c.errors[3]);
         assert!(!c.complete());
         assert_eq!(c.summary().unreadable_files, 4);
