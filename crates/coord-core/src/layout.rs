@@ -226,6 +226,70 @@ impl SessionDir {
         self.root.join("metrics/events.jsonl")
     }
 
+    // ---- Task store (`tasks/`; see docs/layout.md, section `tasks/`) ----
+    //
+    // A task's record lives in exactly one status directory at a time; a status change
+    // is a rename between them. Pending tasks are indexed by route, priority and
+    // submission sequence so a claimer lists only one small bucket.
+
+    /// `tasks/ids/<task>.json`: the immutable locator written once at submit (reserves the id).
+    pub fn task_id_file(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/ids").join(format!("{task}.json"))
+    }
+
+    /// `tasks/pending/`: ready tasks, as `<route>/<priority-key>/<chunk>/<seq>.<task>.json`.
+    pub fn tasks_pending_dir(&self) -> PathBuf {
+        self.root.join("tasks/pending")
+    }
+
+    /// `tasks/<status>/` for the unindexed statuses (`blocked`, `claimed`, `done`,
+    /// `failed`, `cancelled`).
+    pub fn tasks_status_dir(&self, status_dir: &str) -> PathBuf {
+        self.root.join("tasks").join(status_dir)
+    }
+
+    /// `tasks/<status>/<task>.json` for the unindexed statuses.
+    pub fn task_file(&self, status_dir: &str, task: &str) -> PathBuf {
+        self.root.join("tasks").join(status_dir).join(format!("{task}.json"))
+    }
+
+    /// `tasks/dependents/<task>/`: one empty file per task that waits for `task`.
+    pub fn task_dependents_dir(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/dependents").join(task)
+    }
+
+    /// `tasks/locks/<task>.lock`: serializes the transitions of one live task; removed
+    /// once the task is final.
+    pub fn task_lock_file(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/locks").join(format!("{task}.lock"))
+    }
+
+    /// `tasks/garbage/`: files found in the task store that are not task records.
+    pub fn tasks_garbage_dir(&self) -> PathBuf {
+        self.root.join("tasks/garbage")
+    }
+
+    /// `tasks/seq`: the next submission sequence number (changed under [`ToolLock::TaskSeq`]).
+    pub fn task_seq_file(&self) -> PathBuf {
+        self.root.join("tasks/seq")
+    }
+
+    /// `tasks/round_robin.json`: the round-robin cursor (changed under [`ToolLock::TaskAssign`]).
+    pub fn task_cursor_file(&self) -> PathBuf {
+        self.root.join("tasks/round_robin.json")
+    }
+
+    /// `tasks/.pending.bell`: its mtime is touched whenever a task becomes claimable, so
+    /// waiters block on inotify instead of polling.
+    pub fn task_pending_bell(&self) -> PathBuf {
+        self.root.join("tasks/.pending.bell")
+    }
+
+    /// `tasks/.finished.bell`: touched whenever a task reaches a final status or is released.
+    pub fn task_finished_bell(&self) -> PathBuf {
+        self.root.join("tasks/.finished.bell")
+    }
+
     /// Takes the user-named lock `name` (an id), waiting at most `timeout`.
     ///
     /// `state update KEY` takes the lock named `KEY`, so `state lock KEY -- ...` excludes it.
@@ -256,6 +320,82 @@ impl SessionDir {
         let agent = name.strip_suffix(".json")?;
         (agent != FINAL_REPORT_STEM && id::validate("agent", agent).is_ok()).then_some(agent)
     }
+
+    // ---- Mailboxes: messages/<agent>/ (see docs/layout.md, "messages/") ----------------
+    //
+    // messages/<agent>/
+    //   tmp/    writers' hidden temporary files; requeue's `<id>.requeue` hand-over files
+    //   new/<prio>/<t0>/<t1>/<t2>/<t3>/<id>.json   queued; names sort in delivery order
+    //   cur/<id>.json    claimed by a receiver, in flight until acked or requeued
+    //   done/<id>.json   acknowledged (the archive keeps them)
+    //   dead/<id>.json   dead letters, with `dead_reason`
+    //   bad/<stamp>-<name>  unparsable or misplaced files moved aside by a receiver
+    //
+    // The queue is sharded so a receiver lists only small directories: by priority, then
+    // by the send time in milliseconds split into a 32-bit head (t0, ~4.6 h per value) and
+    // three 8-bit levels (t1 ~65 s, t2 256 ms, t3 1 ms).
+
+    /// `messages/<agent>/tmp/`: where message files are written before they are published.
+    pub fn mailbox_tmp(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("tmp")
+    }
+
+    /// `messages/<agent>/new/`: the queue (sharded, see [`SessionDir::queued_message`]).
+    pub fn mailbox_new(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("new")
+    }
+
+    /// `messages/<agent>/cur/`: messages in flight.
+    pub fn mailbox_cur(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("cur")
+    }
+
+    /// `messages/<agent>/done/`: acknowledged messages.
+    pub fn mailbox_done(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("done")
+    }
+
+    /// `messages/<agent>/dead/`: dead letters.
+    pub fn mailbox_dead(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("dead")
+    }
+
+    /// `messages/<agent>/bad/`: files a receiver could not use, moved aside.
+    pub fn mailbox_bad(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("bad")
+    }
+
+    /// `messages/<agent>/new/<prio>/<t0>/<t1>/<t2>/<t3>/<id>.json` for a message of
+    /// `priority` sent at `sent_ms` (Unix milliseconds).
+    pub fn queued_message(&self, agent: &str, priority: i64, sent_ms: u64, id: &str) -> PathBuf {
+        let mut p = self.mailbox_new(agent);
+        p.push(queue_shard::priority(priority));
+        for part in queue_shard::time(sent_ms) {
+            p.push(part);
+        }
+        p.push(message_file_name(id));
+        p
+    }
+
+    /// `messages/<agent>/cur/<id>.json`.
+    pub fn in_flight_message(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_cur(agent).join(message_file_name(id))
+    }
+
+    /// `messages/<agent>/done/<id>.json`.
+    pub fn acked_message(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_done(agent).join(message_file_name(id))
+    }
+
+    /// `messages/<agent>/dead/<id>.json`.
+    pub fn dead_message(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_dead(agent).join(message_file_name(id))
+    }
+
+    /// `messages/<agent>/tmp/<id>.requeue`: a message being moved back to the queue.
+    pub fn requeue_handover(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_tmp(agent).join(format!("{id}{REQUEUE_SUFFIX}"))
+    }
 }
 
 /// The state key of the aggregate view `state/results.json`; aggregate writes it under
@@ -272,6 +412,14 @@ pub enum ToolLock {
     Registry,
     /// Serializes changes to `session.json`.
     Session,
+    /// Serializes the allocation of task submission sequence numbers (`tasks/seq`).
+    TaskSeq,
+    /// Serializes push assignment passes (`taskd assign`/`run`) and the round-robin cursor.
+    TaskAssign,
+    /// Serializes appends to `results/<agent>.json`.
+    Results,
+    /// Serializes `msgq requeue` (and healthmon's requeue) of in-flight messages.
+    Mailbox,
 }
 
 impl ToolLock {
@@ -280,6 +428,75 @@ impl ToolLock {
         match self {
             ToolLock::Registry => "_registry",
             ToolLock::Session => "_session",
+            ToolLock::TaskSeq => "_task_seq",
+            ToolLock::TaskAssign => "_task_assign",
+            ToolLock::Results => "_results",
+            ToolLock::Mailbox => "_mailbox",
+        }
+    }
+}
+
+/// The file name of message `id` in a mailbox directory.
+pub fn message_file_name(id: &str) -> String {
+    format!("{id}.json")
+}
+
+/// Suffix of requeue hand-over files in a mailbox's `tmp/`.
+pub const REQUEUE_SUFFIX: &str = ".requeue";
+
+/// Names of the queue's shard directories, `new/<prio>/<t0>/<t1>/<t2>/<t3>/`.
+///
+/// Each name is fixed-width lowercase hex, so sorting names sorts delivery order:
+/// higher priority first, then earlier send time.
+pub mod queue_shard {
+    /// Directory levels between `new/` and the message files.
+    pub const DEPTH: usize = 5;
+
+    /// The priority level's name: `i64::MAX - priority` as 16 hex digits, so that a
+    /// higher priority sorts first.
+    pub fn priority(priority: i64) -> String {
+        let key = (i128::from(i64::MAX) - i128::from(priority)) as u64;
+        format!("{key:016x}")
+    }
+
+    /// The four time levels for a send time in Unix milliseconds.
+    pub fn time(ms: u64) -> [String; 4] {
+        [
+            format!("{:08x}", ms >> 24),
+            format!("{:02x}", (ms >> 16) & 0xff),
+            format!("{:02x}", (ms >> 8) & 0xff),
+            format!("{:02x}", ms & 0xff),
+        ]
+    }
+
+    /// Whether `name` is a valid directory name at `level` (0 = priority, 1..=4 = time).
+    pub fn is_valid(level: usize, name: &str) -> bool {
+        let width = match level {
+            0 => 16,
+            1 => 8,
+            2..=4 => 2,
+            _ => return false,
+        };
+        name.len() == width && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn shard_names_sort_in_delivery_order() {
+            assert!(priority(10) < priority(0) && priority(0) < priority(-10));
+            assert!(priority(i64::MAX) < priority(i64::MIN));
+            assert!(is_valid(0, &priority(i64::MIN)) && is_valid(0, &priority(i64::MAX)));
+            let (a, b) = (time(1_767_225_600_123), time(1_767_225_600_124));
+            assert!(a < b);
+            for (level, part) in a.iter().enumerate() {
+                assert!(is_valid(level + 1, part), "{part}");
+            }
+            assert!(!is_valid(1, "zzzzzzzz") && !is_valid(2, "0") && !is_valid(5, "00"));
+            // Milliseconds from 1970 to well past 2100 keep the head's fixed width.
+            assert_eq!(time(u64::from(u32::MAX) << 24)[0].len(), 8);
         }
     }
 }

@@ -4,7 +4,8 @@
 //! that directory: where each file lives ([`layout`]), what each record holds
 //! ([`record`]), how files are written and read ([`fsio`]), how locks are taken
 //! ([`lock`]), which ids are valid ([`id`]), and the operations the binaries expose
-//! ([`session`], [`registry`], [`state`], [`report`], [`archive`]). The binaries are thin: parse arguments, call
+//! ([`session`], [`registry`], [`state`], [`mailbox`], [`task`], [`report`], [`archive`]). The binaries
+//! are thin: parse arguments, call
 //! in here, print through [`output`], exit through [`cli::run`].
 #![deny(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod fsio;
 pub mod id;
 pub mod layout;
 pub mod lock;
+pub mod mailbox;
 pub mod output;
 pub mod record;
 pub mod registry;
@@ -23,6 +25,7 @@ pub mod report;
 pub mod session;
 pub mod state;
 pub mod sys;
+pub mod task;
 pub mod time;
 
 pub use error::{Error, Result};
