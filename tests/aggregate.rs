@@ -364,3 +364,92 @@ fn a_completed_session_is_read_but_never_rewritten() {
     assert_eq!(out["written"], false);
     assert_eq!(std::fs::read(env.dir().join("results/final-report.json")).expect("read"), before);
 }
+
+fn taskd(env: &TestEnv, args: &[&str]) -> Value {
+    env.cmd("taskd").args(args).ok().json()
+}
+
+/// w1 completes t1; w2 fails its try at t2, which w1 then completes; t3 stays pending.
+fn session_with_tasks() -> TestEnv {
+    let env = TestEnv::with_session();
+    register(&env, "w1");
+    register(&env, "w2");
+    for id in ["t1", "t2", "t3"] {
+        taskd(&env, &["submit", "--id", id]);
+    }
+    let c = taskd(&env, &["claim", "w1"]);
+    assert_eq!(c["id"], "t1");
+    taskd(&env, &["complete", "t1", "--agent", "w1"]);
+    let c = taskd(&env, &["claim", "w2"]);
+    assert_eq!(c["id"], "t2");
+    taskd(&env, &["fail", "t2", "--agent", "w2", "--error", "flaky"]);
+    let c = taskd(&env, &["claim", "w1"]);
+    assert_eq!(c["id"], "t2");
+    taskd(&env, &["complete", "t2", "--agent", "w1"]);
+    env
+}
+
+#[test]
+fn task_records_feed_the_report_views_and_the_timeline() {
+    let env = session_with_tasks();
+    env.cmd("aggregate").ok();
+    let report = env.json("results/final-report.json");
+    let t = &report["tasks"];
+    assert_eq!((t["total"].as_u64(), t["completed"].as_u64(), t["pending"].as_u64()), (Some(3), Some(2), Some(1)));
+    assert_eq!((t["retried"].as_u64(), t["requeues"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(t["operation_progress"], 67);
+    assert_eq!(env.json("state/global.json")["operation_progress"], 67, "aggregate refreshes progress");
+    let view = env.json("state/tasks.json");
+    assert_eq!(view["completed"].as_array().map(Vec::len), Some(2));
+    assert_eq!(view["pending"].as_array().map(Vec::len), Some(1));
+    let timeline = report["timeline"].as_array().expect("timeline");
+    let lanes: Vec<(&str, &str, &str)> = timeline
+        .iter()
+        .map(|s| {
+            (s["agent"].as_str().unwrap_or(""), s["task"].as_str().unwrap_or(""), s["outcome"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert!(lanes.contains(&("w1", "t1", "completed")), "{lanes:?}");
+    assert!(lanes.contains(&("w1", "t2", "completed")), "{lanes:?}");
+    assert!(lanes.contains(&("w2", "t2", "requeued")), "the failed try stays visible on w2's lane: {lanes:?}");
+
+    let html = env.cmd("aggregate").args(["--format", "html"]).ok().stdout_str();
+    check_well_formed(&html).unwrap_or_else(|e| panic!("not well-formed: {e}"));
+    assert_eq!(html.matches("<g class=\"lane\"").count(), 2);
+    assert!(html.contains("class=\"task completed retry\""), "the second attempt is marked as a retry");
+    assert!(html.contains("class=\"task requeued\""));
+    let md = env.cmd("aggregate").args(["--format", "md"]).ok().stdout_str();
+    assert!(md.contains("## Task queue") && md.contains("| 3 | 0 | 1 | 0 | 2 | 0 | 0 | 1 | 1 | 67% |"), "{md}");
+}
+
+#[test]
+fn task_and_message_gates_fail_on_sessions_built_to_fail_them() {
+    let env = session_with_tasks();
+    env.cmd("aggregate").ok();
+    let (_, list, _) = gates(&env);
+    let ok = |id: &str| list.iter().find(|g| g.0 == id).map(|g| g.1);
+    assert_eq!(ok("state_synchronized"), Some(true), "{list:?}");
+    assert_eq!(ok("progress_tracked"), Some(true), "{list:?}");
+    assert_eq!(ok("messages_delivered"), Some(true), "{list:?}");
+
+    // A completed session is not rewritten, so a stale view or progress stays stale.
+    env.cmd("registry").args(["unregister", "w1"]).ok();
+    env.cmd("registry").args(["unregister", "w2"]).ok();
+    env.cmd("archive").ok();
+    std::fs::write(
+        env.dir().join("state/tasks.json"),
+        "{\"pending\": [], \"in_progress\": [], \"completed\": [], \"failed\": []}",
+    )
+    .expect("stale view");
+    assert_gate_fails(&env, "state_synchronized", "lists 0 task(s) as pending but the records say 1");
+    let mut g = env.json("state/global.json");
+    g["operation_progress"] = json!(10);
+    std::fs::write(env.dir().join("state/global.json"), g.to_string()).expect("write");
+    assert_gate_fails(&env, "progress_tracked", "operation_progress is 10 but 2 of 3");
+
+    // A message received (in cur/) and never acked by an agent that is gone.
+    let cur = env.dir().join("messages/w2/cur");
+    std::fs::create_dir_all(&cur).expect("cur");
+    std::fs::write(cur.join("m1.json"), "{\"id\": \"m1\"}").expect("in flight");
+    assert_gate_fails(&env, "messages_delivered", "w2 (1, agent terminated)");
+}

@@ -431,7 +431,7 @@ fn write_archive(
             }
         }
         p.entries_done += 1;
-        if p.entries_done % 256 == 0 || p.entries_done == p.entries_total {
+        if p.entries_done.is_multiple_of(256) || p.entries_done == p.entries_total {
             progress(&p);
         }
     }
@@ -803,7 +803,7 @@ fn entries_of(file: &mut File) -> std::result::Result<tar::Archive<GzDecoder<io:
 }
 
 /// Pass one: reads every header, decides what each entry becomes, writes nothing.
-fn plan_extract(file: &mut File) -> std::result::Result<Vec<(Option<PathBuf>, Planned, u32, u64)>, String> {
+fn plan_extract(file: &mut File) -> std::result::Result<Vec<PlanEntry>, String> {
     let mut archive = entries_of(file)?;
     let mut plan = Vec::new();
     let mut files: HashSet<PathBuf> = HashSet::new();
@@ -887,6 +887,10 @@ fn plan_extract(file: &mut File) -> std::result::Result<Vec<(Option<PathBuf>, Pl
     Ok(plan)
 }
 
+/// One entry of an extraction plan: cleaned path (`None` for the root), what it becomes,
+/// its mode and its modification time.
+type PlanEntry = (Option<PathBuf>, Planned, u32, u64);
+
 enum WriteError {
     Refused(String),
     Other(Error),
@@ -917,21 +921,15 @@ fn make_dirs(into: &Path, rel: &Path) -> std::result::Result<(), WriteError> {
 }
 
 /// Pass two: writes the planned entries, checking each header again against the plan.
-fn write_plan(
-    file: &mut File,
-    plan: &[(Option<PathBuf>, Planned, u32, u64)],
-    into: &Path,
-) -> std::result::Result<(u64, u64), WriteError> {
+fn write_plan(file: &mut File, plan: &[PlanEntry], into: &Path) -> std::result::Result<(u64, u64), WriteError> {
     let mut archive = entries_of(file).map_err(WriteError::Refused)?;
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     let (mut count, mut bytes) = (0u64, 0u64);
     let entries = archive.entries().map_err(|e| WriteError::Refused(format!("not a tar.gz archive ({e})")))?;
-    let mut i = 0;
-    for entry in entries {
+    for (i, entry) in entries.enumerate() {
         let mut entry = entry.map_err(|e| WriteError::Refused(format!("damaged archive ({e})")))?;
         let (path, planned, mode, mtime) =
             plan.get(i).ok_or_else(|| WriteError::Refused("the archive changed while extracting".into()))?;
-        i += 1;
         let raw = entry.path().map_err(|e| WriteError::Refused(e.to_string()))?.into_owned();
         if clean_path(&raw).map_err(WriteError::Refused)? != *path {
             return Err(WriteError::Refused("the archive changed while extracting".into()));

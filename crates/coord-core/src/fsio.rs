@@ -147,9 +147,10 @@ pub fn write_temp_in(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
         .ctx("create a temporary file in", tmp_dir)?
         .keep()
         .map_err(|e| Error::io("keep temporary file in", tmp_dir, e.error))?;
-    let written = file.write_all(bytes).ctx("write", &path).and_then(|()| {
-        if env::fsync_requested() { file.sync_all().ctx("fsync", &path) } else { Ok(()) }
-    });
+    let written = file
+        .write_all(bytes)
+        .ctx("write", &path)
+        .and_then(|()| if env::fsync_requested() { file.sync_all().ctx("fsync", &path) } else { Ok(()) });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&path);
         return Err(e);
@@ -194,9 +195,7 @@ fn renameat2_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     };
     let (f, t) = (cstr(from)?, cstr(to)?);
     // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE)
-    };
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 

@@ -71,9 +71,9 @@ pub fn check_gates(dir: &SessionDir, c: &Collected) -> Vec<Gate> {
         gate(Setup, "registry_present", "Agent registry active", registry_present(dir, &agents)),
         gate(Setup, "mailboxes_ready", "Message queues ready", mailboxes_ready(dir, &agents)),
         gate(Execution, "agents_registered", "Agents registered correctly", agents_registered(c, &agents)),
-        gate(Execution, "state_synchronized", "State synchronized", state_synchronized(dir)),
+        gate(Execution, "state_synchronized", "State synchronized", state_synchronized(dir, c)),
         gate(Execution, "messages_delivered", "Messages delivered", messages_delivered(dir, &agents)),
-        gate(Execution, "progress_tracked", "Progress tracked", progress_tracked(dir)),
+        gate(Execution, "progress_tracked", "Progress tracked", progress_tracked(dir, c)),
         gate(Cleanup, "results_collected", "Results collected", results_collected(c)),
         gate(Cleanup, "report_generated", "Report generated", report_generated(dir, c)),
         gate(Cleanup, "session_archived", "Session archived", session_archived(c)),
@@ -133,20 +133,27 @@ fn registry_present(dir: &SessionDir, agents: &crate::Result<Vec<Agent>>) -> Out
     }
 }
 
+fn is_dir(p: &std::path::Path) -> bool {
+    std::fs::symlink_metadata(p).map(|m| m.is_dir()).unwrap_or(false)
+}
+
 fn mailboxes_ready(dir: &SessionDir, agents: &crate::Result<Vec<Agent>>) -> Outcome {
     let Ok(agents) = agents else { return Err("the registry cannot be read".into()) };
-    if !std::fs::symlink_metadata(dir.messages_dir()).map(|m| m.is_dir()).unwrap_or(false) {
+    if !is_dir(&dir.messages_dir()) {
         return Err("messages/ is missing".into());
     }
     let missing: Vec<String> = agents
         .iter()
-        .filter(|a| !std::fs::symlink_metadata(dir.mailbox_dir(&a.id)).map(|m| m.is_dir()).unwrap_or(false))
+        .filter(|a| ![dir.mailbox_tmp(&a.id), dir.mailbox_new(&a.id), dir.mailbox_cur(&a.id)].iter().all(|p| is_dir(p)))
         .map(|a| a.id.clone())
         .collect();
     if missing.is_empty() {
-        Ok(format!("{} mailbox(es) present", agents.len()))
+        Ok(format!("{} mailbox(es) ready", agents.len()))
     } else {
-        Err(format!("registered agents without a mailbox (messages/<agent>/): {}", list(&missing)))
+        Err(format!(
+            "registered agents without a complete mailbox (messages/<agent>/tmp, new, cur): {}",
+            list(&missing)
+        ))
     }
 }
 
@@ -178,7 +185,7 @@ fn agents_registered(c: &Collected, agents: &crate::Result<Vec<Agent>>) -> Outco
     Ok(format!("{} agent(s) registered", agents.len()))
 }
 
-fn state_synchronized(dir: &SessionDir) -> Outcome {
+fn state_synchronized(dir: &SessionDir, c: &Collected) -> Outcome {
     let state_dir = dir.state_dir();
     let entries = std::fs::read_dir(&state_dir).map_err(|e| format!("cannot list state/: {e}"))?;
     let mut names: Vec<String> = entries
@@ -199,23 +206,104 @@ fn state_synchronized(dir: &SessionDir) -> Outcome {
     if !bad.is_empty() {
         return Err(format!("state files that do not parse: {}", list(&bad)));
     }
-    Ok(format!("{} state file(s) parse", names.len()))
+    tasks_view_matches(dir, c)?;
+    Ok(format!("{} state file(s) parse; state/tasks.json matches {} task record(s)", names.len(), c.tasks.len()))
+}
+
+/// `state/tasks.json` lists the same task ids under each heading as the records say.
+fn tasks_view_matches(dir: &SessionDir, c: &Collected) -> Result<(), String> {
+    use crate::task::Status;
+    let view: Value = fsio::read_json_opt(&dir.state_file("tasks"))
+        .map_err(|e| e.to_string())?
+        .ok_or("state/tasks.json is missing")?;
+    let heading = |s: Status| match s {
+        Status::Blocked | Status::Pending => "pending",
+        Status::Claimed => "in_progress",
+        Status::Completed => "completed",
+        Status::Failed | Status::Cancelled => "failed",
+    };
+    for h in ["pending", "in_progress", "completed", "failed"] {
+        let mut want: Vec<&str> =
+            c.tasks.iter().filter(|t| t.state().map(heading) == Some(h)).map(|t| t.id.as_str()).collect();
+        let mut got: Vec<&str> = view
+            .get(h)
+            .and_then(Value::as_array)
+            .ok_or_else(|| format!("state/tasks.json has no {h} list"))?
+            .iter()
+            .map(|t| t.get("id").and_then(Value::as_str).unwrap_or("?"))
+            .collect();
+        want.sort_unstable();
+        got.sort_unstable();
+        if want != got {
+            return Err(format!(
+                "state/tasks.json lists {} task(s) as {h} but the records say {} (refresh with taskd progress or aggregate)",
+                got.len(),
+                want.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an agent can still ack what it received: registered active and, on this host,
+/// its process (pid and start time) still running.
+fn alive(a: &Agent) -> bool {
+    if a.status != status::ACTIVE {
+        return false;
+    }
+    match a.pid {
+        Some(pid) if a.host.is_empty() || a.host == crate::sys::host() => {
+            crate::sys::process_alive(pid, a.process_start)
+        }
+        _ => true,
+    }
 }
 
 fn messages_delivered(dir: &SessionDir, agents: &crate::Result<Vec<Agent>>) -> Outcome {
-    let _ = (dir, agents);
-    Err("not checked: this build has no message queue to inspect".into())
+    let agents = agents.as_ref().map_err(|e| e.to_string())?;
+    let mut stuck = Vec::new();
+    let mut in_flight = 0usize;
+    for a in agents {
+        let n = std::fs::read_dir(dir.mailbox_cur(&a.id))
+            .map(|entries| {
+                entries.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count()
+            })
+            .unwrap_or(0);
+        in_flight += n;
+        if n > 0 && !alive(a) {
+            stuck.push(format!("{} ({n}, agent {})", a.id, a.status));
+        }
+    }
+    if stuck.is_empty() {
+        Ok(format!("no message stuck in flight for a dead agent ({in_flight} in flight)"))
+    } else {
+        Err(format!(
+            "messages received but never acked by agents that are gone: {} (healthmon requeues them)",
+            list(&stuck)
+        ))
+    }
 }
 
-fn progress_tracked(dir: &SessionDir) -> Outcome {
+fn progress_tracked(dir: &SessionDir, c: &Collected) -> Outcome {
     let global: Value = fsio::read_json_opt(&dir.state_file("global"))
         .map_err(|e| e.to_string())?
         .ok_or("state/global.json is missing")?;
-    match global.get("operation_progress").and_then(Value::as_f64) {
-        Some(p) if (0.0..=100.0).contains(&p) => Ok(format!("operation_progress is {p}")),
-        Some(p) => Err(format!("state/global.json operation_progress is {p}, outside 0..100")),
-        None => Err("state/global.json has no numeric operation_progress".into()),
+    let p = match global.get("operation_progress").and_then(Value::as_f64) {
+        Some(p) if (0.0..=100.0).contains(&p) => p,
+        Some(p) => return Err(format!("state/global.json operation_progress is {p}, outside 0..100")),
+        None => return Err("state/global.json has no numeric operation_progress".into()),
+    };
+    if c.tasks.is_empty() {
+        return Ok(format!("operation_progress is {p}"));
     }
+    let counts = crate::task::count(&c.tasks);
+    if (p - counts.operation_progress as f64).abs() > 0.5 {
+        return Err(format!(
+            "operation_progress is {p} but {} of {} task(s) are completed ({}); refresh with taskd progress or aggregate",
+            counts.completed, counts.total, counts.operation_progress
+        ));
+    }
+    Ok(format!("operation_progress is {p} ({} of {} task(s) completed)", counts.completed, counts.total))
 }
 
 fn results_collected(c: &Collected) -> Outcome {

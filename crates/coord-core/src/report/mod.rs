@@ -24,6 +24,7 @@ use crate::layout::{RESULTS_KEY, SessionDir};
 use crate::record::{Agent, Session, status};
 use crate::registry;
 use crate::session;
+use crate::task;
 
 pub use gates::{Gate, GateGroup, check_gates};
 pub use render::{html, markdown};
@@ -154,6 +155,20 @@ pub struct Collected {
     pub warnings: Vec<String>,
     /// Timeline bars, by agent then start.
     pub spans: Vec<Span>,
+    /// The task records (taskd), grouped by status.
+    pub tasks: Vec<task::Task>,
+}
+
+/// The task queue at report time: counts by status from the task records, plus retries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskCounts {
+    /// Counts by status and the seed's `operation_progress`.
+    #[serde(flatten)]
+    pub by_status: task::Progress,
+    /// Tasks claimed more than once.
+    pub retried: usize,
+    /// Failed attempts and requeues over all tasks.
+    pub requeues: usize,
 }
 
 /// `state/results.json`: the seed's `{by_agent, by_task, summary}`, borrowed from [`Collected`].
@@ -209,6 +224,8 @@ pub struct FinalReport<'a> {
     pub performance: Performance,
     /// The per-agent table (registry joined with results), sorted by id.
     pub agents: Vec<AgentRow>,
+    /// The task queue's records, counted.
+    pub tasks: TaskCounts,
     /// Timeline bars (task claims and completions per agent).
     pub timeline: &'a [Span],
     /// Whether every input was read (`errors` is empty).
@@ -324,11 +341,21 @@ impl Collected {
             results: self.results(),
             performance: self.performance(),
             agents: self.agent_rows(),
+            tasks: self.task_counts(),
             timeline: &self.spans,
             complete: self.errors.is_empty(),
             errors: &self.errors,
             warnings: &self.warnings,
             timestamp,
+        }
+    }
+
+    /// The task records counted by status, with retries and requeues.
+    pub fn task_counts(&self) -> TaskCounts {
+        TaskCounts {
+            by_status: task::count(&self.tasks),
+            retried: self.tasks.iter().filter(|t| t.attempts > 1).count(),
+            requeues: self.tasks.iter().map(|t| t.errors.len()).sum(),
         }
     }
 
@@ -367,11 +394,19 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
         }
     };
     let by_agent = read_result_files(dir, &mut errors)?;
+    let tasks = match task::list_all(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(error_entry(dir, &dir.tasks_dir(), &e));
+            Vec::new()
+        }
+    };
     let mut spans = spans_from_results(&by_agent);
+    spans.extend(spans_from_tasks(&tasks));
     spans.sort_by(|a, b| (&a.agent, a.start_ms, &a.task, a.attempt).cmp(&(&b.agent, b.start_ms, &b.task, b.attempt)));
     duplicate_warnings(&by_agent, &mut warnings);
     errors.sort_by(|a, b| a.file.cmp(&b.file));
-    Ok(Collected { session, by_agent, agents, errors, warnings, spans })
+    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks })
 }
 
 fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<Vec<(String, AgentResults)>> {
@@ -497,6 +532,51 @@ fn spans_from_results(by_agent: &[(String, AgentResults)]) -> Vec<Span> {
     spans
 }
 
+/// Timeline bars from the task records: the last claim from `assigned_at` to its end,
+/// and each earlier attempt (a failure or requeue, whose start taskd does not keep) as a
+/// mark at the time it ended, on the lane of the agent that held it.
+fn spans_from_tasks(tasks: &[task::Task]) -> Vec<Span> {
+    let ms = |t: &Option<String>| t.as_deref().and_then(crate::time::parse_rfc3339).map(crate::time::unix_ms);
+    let mut spans = Vec::new();
+    for t in tasks {
+        let state = t.state();
+        let final_failed = matches!(state, Some(task::Status::Failed));
+        for e in &t.errors {
+            // The attempt that failed the task for good is drawn as the final bar below.
+            if final_failed && e.attempt == t.attempts {
+                continue;
+            }
+            let (Some(agent), Some(at)) = (&e.agent, ms(&Some(e.at.clone()))) else { continue };
+            spans.push(Span {
+                agent: agent.clone(),
+                task: t.id.clone(),
+                attempt: u64::from(e.attempt.max(1)),
+                outcome: "requeued".into(),
+                start_ms: at,
+                end_ms: at,
+            });
+        }
+        let (Some(agent), Some(start)) = (&t.assigned_to, ms(&t.assigned_at)) else { continue };
+        let (outcome, end) = match state {
+            Some(task::Status::Completed) => ("completed", ms(&t.completed_at)),
+            Some(task::Status::Failed) => ("failed", ms(&t.failed_at)),
+            Some(task::Status::Cancelled) => ("cancelled", ms(&t.failed_at)),
+            Some(task::Status::Claimed) => ("running", None),
+            // Back in the queue: the last claim was requeued (and is in `errors`).
+            _ => continue,
+        };
+        spans.push(Span {
+            agent: agent.clone(),
+            task: t.id.clone(),
+            attempt: u64::from(t.attempts.max(1)),
+            outcome: outcome.into(),
+            start_ms: start,
+            end_ms: end.unwrap_or(start).max(start),
+        });
+    }
+    spans
+}
+
 /// What [`aggregate`] did.
 #[derive(Debug)]
 pub struct Outcome {
@@ -510,7 +590,8 @@ pub struct Outcome {
 
 /// Collects the session's results and, unless the session is completed (archived, so
 /// its files must stay as they were archived), writes `state/results.json` (under the
-/// `results` key's lock) and `results/final-report.json`.
+/// `results` key's lock) and `results/final-report.json`, and refreshes the seed's views
+/// of the task queue (`state/tasks.json`, `operation_progress` in `state/global.json`).
 pub fn aggregate(dir: &SessionDir, timeout: Duration) -> Result<Outcome> {
     let collected = collect(dir)?;
     let timestamp = crate::time::now_rfc3339();
@@ -520,6 +601,12 @@ pub fn aggregate(dir: &SessionDir, timeout: Duration) -> Result<Outcome> {
         {
             let _guard = dir.lock(RESULTS_KEY, timeout)?;
             fsio::write_json_streamed(&dir.results_view(), &view)?;
+        }
+        if !collected.tasks.is_empty() {
+            // The seed's views of the queue: state/tasks.json and operation_progress.
+            task::refresh_view(dir, &collected.tasks, timeout)?;
+            let progress = task::count(&collected.tasks).operation_progress;
+            crate::state::set(dir, "global", "/operation_progress", serde_json::json!(progress), timeout)?;
         }
         fsio::write_json_streamed(&dir.final_report(), &collected.final_report(timestamp.clone()))?;
     } else {

@@ -87,6 +87,30 @@ pub fn markdown(c: &Collected, gates: Option<&[Gate]>) -> String {
         percent(p.success_rate),
         num(p.average_time, 3)
     );
+    if !c.tasks.is_empty() {
+        let t = c.task_counts();
+        let q = &t.by_status;
+        let _ = writeln!(o, "## Task queue\n");
+        let _ = writeln!(
+            o,
+            "| total | blocked | pending | claimed | completed | failed | cancelled | retried | requeues | progress |"
+        );
+        let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {}% |\n",
+            q.total,
+            q.blocked,
+            q.pending,
+            q.claimed,
+            q.completed,
+            q.failed,
+            q.cancelled,
+            t.retried,
+            t.requeues,
+            q.operation_progress
+        );
+    }
     let _ = writeln!(o, "## By status\n");
     if s.by_status.is_empty() {
         let _ = writeln!(o, "No tasks reported.\n");
@@ -177,7 +201,7 @@ table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ccc;padding
 td.n{text-align:right}th{background:#f3f3f3}.bad{color:#b71c1c}.ok{color:#1b5e20}\
 svg text{font:12px system-ui,sans-serif;fill:#222}.lane-bg{fill:#fafafa;stroke:#e0e0e0}\
 .task{stroke:#333;stroke-width:.5}.completed{fill:#2e7d32}.failed{fill:#c62828}\
-.requeued,.expired,.dead{fill:#9e9e9e}.running,.claimed,.in_progress{fill:#1565c0}.other{fill:#f9a825}\
+.requeued,.expired,.dead,.cancelled{fill:#9e9e9e}.running,.claimed,.in_progress{fill:#1565c0}.other{fill:#f9a825}\
 .retry{stroke:#000;stroke-width:1.5;stroke-dasharray:3 2}.legend rect{stroke:#333;stroke-width:.5}";
 
 fn outcome_class(outcome: &str) -> &'static str {
@@ -187,6 +211,7 @@ fn outcome_class(outcome: &str) -> &'static str {
         "requeued" => "requeued",
         "expired" => "expired",
         "dead" | "dead_letter" | "dead-letter" => "dead",
+        "cancelled" => "cancelled",
         "running" | "claimed" => "running",
         "in_progress" => "in_progress",
         _ => "other",
@@ -240,6 +265,25 @@ pub fn html(c: &Collected, gates: Option<&[Gate]>) -> String {
             let _ = writeln!(o, "<tr><td>{}</td><td class=\"n\">{n}</td></tr>", esc(status));
         }
         o.push_str("</table>\n");
+    }
+    if !c.tasks.is_empty() {
+        let t = c.task_counts();
+        let q = &t.by_status;
+        o.push_str("<table>\n<tr><th>task records</th><th>blocked</th><th>pending</th><th>claimed</th><th>completed</th><th>failed</th><th>cancelled</th><th>retried</th><th>requeues</th><th>progress</th></tr>\n");
+        let _ = writeln!(
+            o,
+            "<tr><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}%</td></tr>\n</table>",
+            q.total,
+            q.blocked,
+            q.pending,
+            q.claimed,
+            q.completed,
+            q.failed,
+            q.cancelled,
+            t.retried,
+            t.requeues,
+            q.operation_progress
+        );
     }
     o.push_str("</section>\n");
 
@@ -322,7 +366,7 @@ fn timeline(o: &mut String, lanes: &BTreeSet<&str>, spans: &[Span]) {
     if spans.is_empty() {
         o.push_str("<p>No task has claim and completion times, so there is nothing to draw on the lanes.</p>\n");
     } else {
-        o.push_str("<p>One lane per agent; each bar is one attempt at a task, from claim to completion, coloured by outcome. Dashed outlines are retries (attempt 2 or later).</p>\n");
+        o.push_str("<p>One lane per agent; each bar is one attempt at a task, from claim to completion, coloured by outcome. Dashed outlines are retries (attempt 2 or later); grey marks are attempts that were failed or requeued, drawn where they ended.</p>\n");
     }
     let start = spans.iter().map(|s| s.start_ms).min().unwrap_or(0);
     let end = spans.iter().map(|s| s.end_ms).max().unwrap_or(start);
