@@ -44,14 +44,15 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &to_json_bytes(value))
 }
 
-/// Like [`write_json`], but serializes straight into the temporary file, so a large
-/// document (an aggregate report over 100,000 tasks) is never held twice in memory.
+/// Like [`write_json`], but compact (one line) and serialized straight into the temporary
+/// file, so a large document (an aggregate report over 100,000 tasks) is never held in
+/// memory as text, and is about half the size of the pretty form.
 pub fn write_json_streamed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     let dir = parent(path);
     let tmp =
         tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
     let mut out = std::io::BufWriter::new(tmp);
-    serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
+    serde_json::to_writer(&mut out, value).map_err(|e| {
         let source = e.io_error_kind().map_or_else(|| std::io::Error::other(e.to_string()), std::io::Error::from);
         Error::io("write", path, source)
     })?;

@@ -11,7 +11,7 @@
 mod gates;
 mod render;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
@@ -241,7 +241,8 @@ pub struct FinalReport<'a> {
 impl Collected {
     /// The `{by_agent, by_task, summary}` view.
     pub fn results(&self) -> ResultsView<'_> {
-        let mut index: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut index: HashMap<&str, usize> =
+            HashMap::with_capacity(self.by_agent.iter().map(|(_, r)| r.tasks.len()).sum());
         let mut by_task: Vec<(&str, TaskWithAgent<'_>)> = Vec::new();
         for (agent, results) in &self.by_agent {
             for task in &results.tasks {
@@ -336,10 +337,12 @@ impl Collected {
 
     /// The final report, stamped with `timestamp`.
     pub fn final_report(&self, timestamp: String) -> FinalReport<'_> {
+        let results = self.results();
+        let performance = performance(&results.summary);
         FinalReport {
             session: &self.session,
-            results: self.results(),
-            performance: self.performance(),
+            results,
+            performance,
             agents: self.agent_rows(),
             tasks: self.task_counts(),
             timeline: &self.spans,
@@ -436,23 +439,38 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
         names.push(name.to_string());
     }
     names.sort();
+    // Parsing dominates; two halves in parallel, joined back in name order.
+    let read_all = |names: &[String]| -> Vec<std::result::Result<(String, AgentResults), ReportError>> {
+        names
+            .iter()
+            .map(|name| {
+                let Some(agent) = SessionDir::result_file_agent(name) else {
+                    return Err(ReportError {
+                        file: format!("results/{name}"),
+                        line: None,
+                        column: None,
+                        message:
+                            "file name is not <agent>.json with a valid agent id ([A-Za-z0-9][A-Za-z0-9._-]{0,127})"
+                                .into(),
+                    });
+                };
+                let path = results_dir.join(name);
+                read_result_file(&path).map(|r| (agent.to_string(), r)).map_err(|e| error_entry(dir, &path, &e))
+            })
+            .collect()
+    };
+    let (first, second) = names.split_at(names.len() / 2);
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(|| read_all(second));
+        let mine = read_all(first);
+        (mine, other.join())
+    });
+    let b = b.map_err(|_| Error::Failed("reading the result files failed unexpectedly".into()))?;
     let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let rel = format!("results/{name}");
-        let Some(agent) = SessionDir::result_file_agent(&name) else {
-            errors.push(ReportError {
-                file: rel,
-                line: None,
-                column: None,
-                message: "file name is not <agent>.json with a valid agent id ([A-Za-z0-9][A-Za-z0-9._-]{0,127})"
-                    .into(),
-            });
-            continue;
-        };
-        let path = results_dir.join(&name);
-        match read_result_file(&path) {
-            Ok(r) => out.push((agent.to_string(), r)),
-            Err(e) => errors.push(error_entry(dir, &path, &e)),
+    for r in a.into_iter().chain(b) {
+        match r {
+            Ok(x) => out.push(x),
+            Err(e) => errors.push(e),
         }
     }
     Ok(out)
@@ -485,17 +503,26 @@ fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
 }
 
 fn duplicate_warnings(by_agent: &[(String, AgentResults)], warnings: &mut Vec<String>) {
-    let mut seen: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut first: HashMap<&str, &str> = HashMap::new();
+    let mut dups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (agent, r) in by_agent {
         for t in &r.tasks {
-            let agents = seen.entry(&t.id).or_default();
-            if agents.last() != Some(&agent.as_str()) {
-                agents.push(agent);
+            match first.get(t.id.as_str()) {
+                None => {
+                    first.insert(&t.id, agent);
+                }
+                Some(&a) if a != agent.as_str() => {
+                    let agents = dups.entry(&t.id).or_insert_with(|| vec![a]);
+                    if agents.last() != Some(&agent.as_str()) {
+                        agents.push(agent);
+                    }
+                }
+                Some(_) => {}
             }
         }
     }
-    for (task, agents) in seen {
-        if agents.len() > 1 {
+    for (task, agents) in dups {
+        {
             warnings.push(format!(
                 "task {task:?} is reported by agents {}; by_task keeps {:?}'s entry",
                 agents.join(", "),
@@ -597,18 +624,24 @@ pub fn aggregate(dir: &SessionDir, timeout: Duration) -> Result<Outcome> {
     let timestamp = crate::time::now_rfc3339();
     let written = collected.session.status != status::SESSION_COMPLETED;
     if written {
-        let view = collected.results();
-        {
-            let _guard = dir.lock(RESULTS_KEY, timeout)?;
-            fsio::write_json_streamed(&dir.results_view(), &view)?;
-        }
+        let report = collected.final_report(timestamp.clone());
+        // The two large files are independent: write them on two threads.
+        let (view_written, report_written) = std::thread::scope(|s| {
+            let view = s.spawn(|| -> Result<()> {
+                let _guard = dir.lock(RESULTS_KEY, timeout)?;
+                fsio::write_json_streamed(&dir.results_view(), &report.results)
+            });
+            let report = fsio::write_json_streamed(&dir.final_report(), &report);
+            (view.join(), report)
+        });
+        view_written.map_err(|_| Error::Failed("writing state/results.json failed unexpectedly".into()))??;
+        report_written?;
         if !collected.tasks.is_empty() {
             // The seed's views of the queue: state/tasks.json and operation_progress.
             task::refresh_view(dir, &collected.tasks, timeout)?;
             let progress = task::count(&collected.tasks).operation_progress;
             crate::state::set(dir, "global", "/operation_progress", serde_json::json!(progress), timeout)?;
         }
-        fsio::write_json_streamed(&dir.final_report(), &collected.final_report(timestamp.clone()))?;
     } else {
         log::info!("session {} is completed: its files are left as archived, nothing is written", dir.id());
     }
