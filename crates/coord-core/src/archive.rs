@@ -349,6 +349,39 @@ fn header_for(kind: Kind, meta: &Metadata, size: u64) -> tar::Header {
     h
 }
 
+/// Hands the tar stream to the compressing thread in large chunks.
+struct ChunkWriter {
+    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> io::Result<()> {
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + 64 * 1024));
+        // The receiver only goes away when compressing or writing failed; its own error
+        // is the one reported.
+        self.tx.send(chunk).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the compressor stopped"))
+    }
+}
+
+/// Writes the archive: this thread reads the session and builds the tar stream, a second
+/// thread compresses and writes it (as `tar czf` runs tar and gzip side by side).
 fn write_archive(
     dir: &SessionDir,
     found: &[Found],
@@ -357,9 +390,40 @@ fn write_archive(
     output: &Path,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Vec<Written>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(8);
+    std::thread::scope(|s| {
+        let compressor = s.spawn(move || -> io::Result<()> {
+            let mut enc = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), flate2::Compression::new(LEVEL));
+            for chunk in rx {
+                io::Write::write_all(&mut enc, &chunk)?;
+            }
+            enc.finish()?.into_inner().map_err(|e| e.into_error())?;
+            Ok(())
+        });
+        let writer = ChunkWriter { tx, buf: Vec::with_capacity(CHUNK + 64 * 1024) };
+        let built = build_tar(dir, found, session_bytes, writer, output, progress);
+        let compressed = compressor.join().unwrap_or_else(|_| Err(io::Error::other("the compressor panicked")));
+        match (built, compressed) {
+            (Ok(w), Ok(())) => Ok(w),
+            // A write failure seen by the tar side is the compressor's error (e.g. ENOSPC).
+            (Err(Error::Io { op: "write archive", .. }), Err(e)) | (Ok(_), Err(e)) => {
+                Err(Error::io("write archive", output, e))
+            }
+            (Err(e), _) => Err(e),
+        }
+    })
+}
+
+fn build_tar(
+    dir: &SessionDir,
+    found: &[Found],
+    session_bytes: &[u8],
+    writer: ChunkWriter,
+    output: &Path,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Vec<Written>> {
     let werr = |e: io::Error| Error::io("write archive", output, e);
-    let encoder = GzEncoder::new(BufWriter::with_capacity(1 << 20, file), flate2::Compression::new(LEVEL));
-    let mut builder = tar::Builder::new(encoder);
+    let mut builder = tar::Builder::new(writer);
     let root_name = PathBuf::from(dir.id());
     let session_rel = Path::new("session.json");
     let mut p = Progress {
@@ -435,9 +499,8 @@ fn write_archive(
             progress(&p);
         }
     }
-    let encoder = builder.into_inner().map_err(werr)?;
-    let buffered = encoder.finish().map_err(werr)?;
-    buffered.into_inner().map_err(|e| werr(e.into_error()))?;
+    let mut writer = builder.into_inner().map_err(werr)?;
+    writer.send().map_err(werr)?;
     Ok(written)
 }
 
