@@ -4,10 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v jq >/dev/null 2>&1; then
-  echo "test.sh: the end-to-end tests need jq; install it (apt-get install jq) or run .ci/run" >&2
-  exit 2
-fi
+# The end-to-end tests use jq as the example update command.
+. scripts/lib/need.sh
+need_packages jq
 
 cargo build --workspace --locked
 cargo test --workspace --locked -- "$@"

@@ -7,3 +7,4 @@ mod util;
 mod aggregate;
 mod archive;
 mod foundation;
+mod taskd;

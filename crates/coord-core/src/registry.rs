@@ -79,6 +79,16 @@ pub fn last_heartbeat(dir: &SessionDir, agent: &str) -> Option<SystemTime> {
     std::fs::metadata(dir.heartbeat_file(agent)).and_then(|m| m.modified()).ok()
 }
 
+/// Whether the agent has sent a heartbeat since registering (its heartbeat file is newer
+/// than `registered_at`). Agents that never beat are judged by their process alone.
+pub fn has_heartbeat(agent: &Agent, last: Option<SystemTime>) -> bool {
+    match (last, time::parse_rfc3339(&agent.registered_at)) {
+        (Some(beat), Some(registered)) => beat > registered,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
 fn not_registered(dir: &SessionDir, agent: &str) -> Error {
     Error::Failed(format!("agent {agent:?} is not registered in session {:?}", dir.id()))
 }
@@ -92,7 +102,10 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
     }
     let process_start = sys::process_start(req.pid)
         .ok_or_else(|| Error::Usage(format!("no process with pid {} is running on this host", req.pid)))?;
-    let now = time::now_rfc3339();
+    // The heartbeat file starts at exactly the registration time, so "has this agent ever
+    // sent a heartbeat" is "is its heartbeat newer than registered_at".
+    let registered = time::truncate_to_millis(SystemTime::now());
+    let now = time::rfc3339(registered);
     let agent = Agent {
         id: req.id.clone(),
         agent_type: req.agent_type.clone(),
@@ -127,7 +140,7 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
             Some(old) => *old = agent.clone(),
             None => agents.push(agent.clone()),
         }
-        touch_heartbeat(dir, &req.id, true)?;
+        touch_heartbeat(dir, &req.id, Some(registered))?;
         fsio::write_json(&dir.agents_json(), &agents)?;
     }
     // The seed's "message queues ready": a registered agent can be sent to at once.
@@ -198,14 +211,19 @@ where
 /// Fails if the agent is not registered (or has unregistered).
 pub fn heartbeat(dir: &SessionDir, agent: &str) -> Result<SystemTime> {
     id::validate("agent", agent)?;
-    touch_heartbeat(dir, agent, false).map_err(|e| if fsio::is_not_found(&e) { not_registered(dir, agent) } else { e })
+    touch_heartbeat(dir, agent, None).map_err(|e| if fsio::is_not_found(&e) { not_registered(dir, agent) } else { e })
 }
 
-fn touch_heartbeat(dir: &SessionDir, agent: &str, create: bool) -> Result<SystemTime> {
+/// Sets the heartbeat file's mtime: creating the file at `registered` for a new
+/// registration, else requiring it to exist and setting now.
+fn touch_heartbeat(dir: &SessionDir, agent: &str, registered: Option<SystemTime>) -> Result<SystemTime> {
     let path = dir.heartbeat_file(agent);
-    let file = if create { File::create(&path) } else { std::fs::OpenOptions::new().write(true).open(&path) }
-        .ctx("open heartbeat file", &path)?;
-    let now = SystemTime::now();
+    let file = match registered {
+        Some(_) => File::create(&path),
+        None => std::fs::OpenOptions::new().write(true).open(&path),
+    }
+    .ctx("open heartbeat file", &path)?;
+    let now = registered.unwrap_or_else(SystemTime::now);
     file.set_modified(now).ctx("set heartbeat time on", &path)?;
     Ok(now)
 }

@@ -17,6 +17,12 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
+/// `t` with its sub-millisecond part dropped, so it survives a round trip through
+/// [`rfc3339`] unchanged.
+pub fn truncate_to_millis(t: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(unix_ms(t))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

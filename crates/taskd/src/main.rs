@@ -358,12 +358,12 @@ fn main() -> ExitCode {
                 Ok(exit::OK)
             }
             Cmd::Run { opts } => {
-                task::assign::run(&dir, &opts.options(), timeout, |r| output::print(r))?;
+                task::assign::run(&dir, &opts.options(), timeout, output::print)?;
                 Ok(exit::OK)
             }
             Cmd::Work { agent, agent_type, capabilities, lease, max_tasks, idle_exit, cmd } => {
                 let opts = WorkOptions { agent, agent_type, capabilities, cmd, lease, max_tasks, idle_exit };
-                task::work::work(&dir, &opts, timeout, |o| output::print(o))?;
+                task::work::work(&dir, &opts, timeout, output::print)?;
                 Ok(exit::OK)
             }
             Cmd::Progress => {

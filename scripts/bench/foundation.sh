@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Foundation suite: one `state set` and one `registry heartbeat` as whole processes
+# against /bin/true; `state update` throughput with 8 contending processes against the
+# hand-written shell equivalent (flock + jq + mv); peak RSS of each command.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+B=$PWD/target/release
+[ -x "$B/state" ] || cargo build --release --workspace --locked -q
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export COORD_BASE=$work/base
+S=$("$B/session-init" bench)
+export COORD_SESSION=$S
+"$B/registry" register w1 --type worker --pid $$ >/dev/null
+runs=500; per=200
+if [ "${QUICK:-0}" = 1 ]; then runs=100; per=50; fi
+
+hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/h.json" \
+  '/bin/true' \
+  "$B/state set global /phase x --string" \
+  "$B/registry heartbeat w1" \
+  "$B/state get global /phase" >/dev/null 2>&1
+
+median() { jq -r --arg c "$1" '.results[] | select(.command == $c) | .median * 1000' "$work/h.json"; }
+range() { jq -r --arg c "$1" '.results[] | select(.command == $c) | "\(.min * 1000 | . * 100 | round / 100)–\(.max * 1000 | . * 100 | round / 100)"' "$work/h.json"; }
+t_true=$(median /bin/true)
+
+rss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -n 1; }
+
+echo "## foundation (state, registry)"
+echo
+echo "Whole-process wall time, $runs runs each (hyperfine -N), median and min–max:"
+echo
+echo "| command | median ms | min–max ms | × /bin/true | peak RSS KiB |"
+echo "|---|---|---|---|---|"
+for c in "/bin/true" "$B/state set global /phase x --string" "$B/registry heartbeat w1" "$B/state get global /phase"; do
+  m=$(median "$c")
+  # shellcheck disable=SC2086
+  r=$(rss $c)
+  name=${c#"$B/"}
+  printf '| `%s` | %.3f | %s | %.2f | %s |\n' "$name" "$m" "$(range "$c")" "$(echo "$m / $t_true" | bc -l)" "$r"
+done
+r_update=$(rss "$B/state" update global -- jq '.counter = ((.counter // 0) + 1)')
+r_lock=$(rss "$B/state" lock bench -- true)
+r_reg=$(rss "$B/registry" register w2 --type worker --pid $$)
+r_init=$(rss "$B/session-init" rss)
+echo
+echo "Peak RSS of the other commands (KiB): state update $r_update, state lock $r_lock, registry register $r_reg, session-init $r_init."
+
+# Contended read-modify-write: 8 processes x $per increments each.
+"$B/state" set global /counter 0
+start=$(date +%s.%N)
+for _ in 1 2 3 4 5 6 7 8; do
+  ( for _ in $(seq "$per"); do "$B/state" update global -- jq '.counter += 1' >/dev/null; done ) &
+done
+wait
+t_coord=$(echo "$(date +%s.%N) - $start" | bc -l)
+got=$("$B/state" get global /counter)
+
+f=$COORD_BASE/$S/state/peer.json
+echo '{"counter": 0}' > "$f"
+start=$(date +%s.%N)
+for _ in 1 2 3 4 5 6 7 8; do
+  ( for _ in $(seq "$per"); do flock "$f.lock" sh -c "jq '.counter += 1' '$f' > '$f.tmp' && mv '$f.tmp' '$f'"; done ) &
+done
+wait
+t_peer=$(echo "$(date +%s.%N) - $start" | bc -l)
+got_peer=$(jq .counter "$f")
+
+total=$((8 * per))
+echo
+echo "Contended updates, 8 processes × $per increments, each a separate process running jq:"
+echo
+echo "| method | final counter | updates/s | × shell flock+jq+mv |"
+echo "|---|---|---|---|"
+printf '| `state update global -- jq ...` | %s of %s | %.0f | %.2f |\n' "$got" "$total" "$(echo "$total / $t_coord" | bc -l)" "$(echo "$t_peer / $t_coord" | bc -l)"
+printf '| `flock f.lock sh -c "jq ... > tmp && mv tmp f"` | %s of %s | %.0f | 1.00 |\n' "$got_peer" "$total" "$(echo "$total / $t_peer" | bc -l)"
