@@ -379,6 +379,628 @@ fn sent_ms(m: &Message) -> u64 {
         .unwrap_or_else(|| time::unix_ms(SystemTime::now()))
 }
 
+// ---------------------------------------------------------------------------------------
+// Receiving
+
+/// Claims up to `max` messages for `agent`, in delivery order, without waiting.
+///
+/// Each claim is an atomic rename from `new/` into `cur/`; the messages are in flight
+/// until [`ack`]ed or [`requeue`]d. Returns an empty list when the queue is empty. Files
+/// that are not messages are moved to `bad/` with a warning and skipped. A missing
+/// mailbox is created for a registered agent and refused for an unknown one.
+pub fn claim(dir: &SessionDir, agent: &str, max: usize) -> Result<Vec<Message>> {
+    id::validate("agent", agent)?;
+    let new_dir = dir.mailbox_new(agent);
+    if !new_dir.is_dir() {
+        check_registered(dir, agent)?;
+        ensure_mailbox(dir, agent)?;
+    }
+    let mut scan = Scan { dir, agent, cur: dir.mailbox_cur(agent), max: max.max(1), out: Vec::new() };
+    scan.level(&new_dir, 0)?;
+    Ok(scan.out)
+}
+
+struct Scan<'a> {
+    dir: &'a SessionDir,
+    agent: &'a str,
+    cur: PathBuf,
+    max: usize,
+    out: Vec<Message>,
+}
+
+impl Scan<'_> {
+    /// Walks one level of the queue in order; returns whether it was used up (so an empty
+    /// shard directory can be removed).
+    fn level(&mut self, path: &Path, level: usize) -> Result<bool> {
+        let entries = match sorted_entries(path) {
+            Ok(e) => e,
+            Err(e) if fsio::is_not_found(&e) => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        let last = entries.len().saturating_sub(1);
+        for (i, (name, is_dir)) in entries.into_iter().enumerate() {
+            if self.out.len() >= self.max {
+                return Ok(false);
+            }
+            let child = path.join(&name);
+            if level < queue_shard::DEPTH {
+                if !is_dir || !queue_shard::is_valid(level, &name) {
+                    quarantine(self.dir, self.agent, &child, "not a queue shard directory");
+                    continue;
+                }
+                if !self.level(&child, level + 1)? {
+                    return Ok(false);
+                }
+                // Fails harmlessly if a sender has just added a file; a sender that finds
+                // its directory gone creates it again.
+                let _ = fs::remove_dir(&child);
+                if self.out.len() >= self.max {
+                    return Ok(i == last);
+                }
+            } else {
+                self.take(&child, &name, is_dir)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn take(&mut self, path: &Path, name: &str, is_dir: bool) -> Result<()> {
+        let Some(msg_id) = message_id_of(name).filter(|_| !is_dir) else {
+            quarantine(self.dir, self.agent, path, "not a message file name (<id>.json)");
+            return Ok(());
+        };
+        let claimed = self.cur.join(name);
+        match fsio::rename_noclobber(path, &claimed) {
+            Ok(true) => {}
+            // Another receiver won this one.
+            Err(e) if fsio::is_not_found(&e) => return Ok(()),
+            Ok(false) => {
+                quarantine(self.dir, self.agent, path, "a message with this id is already in flight");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        match read_message(&claimed, msg_id) {
+            Ok(m) => self.out.push(m),
+            Err(why) => quarantine(self.dir, self.agent, &claimed, &why),
+        }
+        Ok(())
+    }
+}
+
+/// The entries of `dir` sorted by name, with whether each is a directory (from the
+/// directory entry itself, without a stat).
+fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).ctx("list", dir)? {
+        let entry = entry.ctx("list", dir)?;
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        match entry.file_name().into_string() {
+            Ok(name) => out.push((name, is_dir)),
+            Err(raw) => {
+                // Not UTF-8: cannot be ours. Give it a printable name in the warning.
+                quarantine_raw(&dir.join(raw), "a file name that is not UTF-8");
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// `<id>.json` -> `<id>`, if the id follows the id rule.
+fn message_id_of(name: &str) -> Option<&str> {
+    let stem = name.strip_suffix(".json")?;
+    id::validate("message", stem).ok()
+}
+
+/// Reads a claimed message file; the error says why it is unusable.
+fn read_message(path: &Path, expected_id: &str) -> std::result::Result<Message, String> {
+    let bytes = fs::read(path).map_err(|e| format!("unreadable: {e}"))?;
+    let m: Message = serde_json::from_slice(&bytes).map_err(|e| format!("not a message record: {e}"))?;
+    if m.id != expected_id {
+        return Err(format!("its id {:?} does not match its file name", m.id));
+    }
+    Ok(m)
+}
+
+/// Moves an unusable file out of the way into `bad/`, with a warning. Never fails: a
+/// file that cannot be moved is skipped and reported again next time.
+fn quarantine(dir: &SessionDir, agent: &str, path: &Path, why: &str) {
+    let bad = dir.mailbox_bad(agent);
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stamp = next_id().0;
+    let dest = bad.join(format!("{}-{name}", stamp.trim_start_matches("msg-")));
+    let moved = fsio::ensure_dir(&bad).and_then(|()| fsio::rename_noclobber(path, &dest));
+    match moved {
+        Ok(true) => log::warn!("moved {} aside to {}: {why}", path.display(), dest.display()),
+        Err(e) if fsio::is_not_found(&e) => {}
+        Ok(false) | Err(_) => log::warn!("skipping {}: {why} (could not move it to {})", path.display(), bad.display()),
+    }
+}
+
+fn quarantine_raw(path: &Path, why: &str) {
+    log::warn!("skipping {}: {why}", path.display());
+}
+
+/// Puts a claimed message back at its place in the queue, unchanged (for a receiver that
+/// could not hand it over, e.g. its reader went away).
+pub fn release(dir: &SessionDir, agent: &str, msg: &Message) -> Result<()> {
+    id::validate("agent", agent)?;
+    id::validate("message", &msg.id)?;
+    let from = dir.in_flight_message(agent, &msg.id);
+    let to = dir.queued_message(agent, msg.priority, sent_ms(msg), &msg.id);
+    fsio::rename_noclobber(&from, &to).map(|_| ())
+}
+
+// ---------------------------------------------------------------------------------------
+// Waiting
+
+/// Descriptors that end a wait early: `readable` when it can be read (a signal
+/// self-pipe), `hangup` when it reports an error or hang-up (stdout whose reader left).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopFds<'a> {
+    /// Stop when this becomes readable.
+    pub readable: Option<BorrowedFd<'a>>,
+    /// Stop when this reports POLLERR/POLLHUP.
+    pub hangup: Option<BorrowedFd<'a>>,
+}
+
+/// The outcome of [`Waiter::next`].
+#[derive(Debug)]
+pub enum Waited {
+    /// Claimed messages (at least one).
+    Messages(Vec<Message>),
+    /// The deadline passed with the queue still empty.
+    TimedOut,
+    /// A stop descriptor fired.
+    Stopped,
+}
+
+/// Blocks until messages arrive in one mailbox, without polling.
+///
+/// Holds inotify watches on `new/` and its shard directories (added as they appear).
+/// The watches are set before the queue is checked again, so a message published at any
+/// moment is either found by that check or wakes the wait.
+#[derive(Debug)]
+pub struct Waiter {
+    dir: SessionDir,
+    agent: String,
+    inotify: Option<inotify::Inotify>,
+    poll_every: Duration,
+    buf: Vec<u8>,
+}
+
+/// How often to look when inotify is unavailable and `COORD_POLL_MS` is not set.
+const FALLBACK_POLL: Duration = Duration::from_millis(20);
+
+impl Waiter {
+    /// A waiter for `agent`'s mailbox (which must belong to a registered agent or exist).
+    pub fn new(dir: &SessionDir, agent: &str) -> Result<Waiter> {
+        id::validate("agent", agent)?;
+        if !dir.mailbox_new(agent).is_dir() {
+            check_registered(dir, agent)?;
+            ensure_mailbox(dir, agent)?;
+        }
+        let forced = std::env::var(env::POLL_MS).ok().and_then(|v| v.parse::<u64>().ok());
+        let inotify = match forced {
+            Some(_) => None,
+            None => match inotify::Inotify::init() {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    log::warn!("inotify is unavailable ({e}); checking the mailbox every {FALLBACK_POLL:?} instead");
+                    None
+                }
+            },
+        };
+        let poll_every = forced.map(|ms| Duration::from_millis(ms.max(1))).unwrap_or(FALLBACK_POLL);
+        Ok(Waiter { dir: dir.clone(), agent: agent.to_string(), inotify, poll_every, buf: vec![0; 4096] })
+    }
+
+    /// Claims up to `max` messages, waiting for the first one until `deadline` (forever
+    /// if `None`) or until a stop descriptor fires.
+    pub fn next(&mut self, max: usize, deadline: Option<Instant>, stop: &StopFds<'_>) -> Result<Waited> {
+        loop {
+            if poll_stop(stop, 0)? {
+                return Ok(Waited::Stopped);
+            }
+            let got = claim(&self.dir, &self.agent, max)?;
+            if !got.is_empty() {
+                return Ok(Waited::Messages(got));
+            }
+            self.arm()?;
+            let got = claim(&self.dir, &self.agent, max)?;
+            if !got.is_empty() {
+                return Ok(Waited::Messages(got));
+            }
+            match self.block(deadline, stop)? {
+                Some(outcome) => return Ok(outcome),
+                None => continue,
+            }
+        }
+    }
+
+    /// Watches `new/` and every shard directory under it.
+    fn arm(&mut self) -> Result<()> {
+        let Some(ino) = self.inotify.as_mut() else { return Ok(()) };
+        use inotify::WatchMask;
+        let mask = WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::ONLYDIR;
+        let mut stack = vec![(self.dir.mailbox_new(&self.agent), 0usize)];
+        while let Some((d, level)) = stack.pop() {
+            match ino.watches().add(&d, mask) {
+                Ok(_) => {}
+                // Removed by a receiver since it was listed: nothing to watch.
+                Err(e) if matches!(e.kind(), ErrorKind::NotFound) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+                    continue;
+                }
+                Err(e) => {
+                    log::warn!(
+                        "cannot watch {} with inotify ({e}); checking every {:?} instead (raise fs.inotify.max_user_watches?)",
+                        d.display(),
+                        self.poll_every
+                    );
+                    self.inotify = None;
+                    return Ok(());
+                }
+            }
+            if level < queue_shard::DEPTH {
+                let Ok(entries) = fs::read_dir(&d) else { continue };
+                for entry in entries.flatten() {
+                    if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push((entry.path(), level + 1));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until something changes (`None`), the deadline passes or a stop fires.
+    fn block(&mut self, deadline: Option<Instant>, stop: &StopFds<'_>) -> Result<Option<Waited>> {
+        let mut timeout = match deadline {
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Some(left),
+                _ => return Ok(Some(Waited::TimedOut)),
+            },
+            None => None,
+        };
+        if self.inotify.is_none() {
+            timeout = Some(timeout.map_or(self.poll_every, |t| t.min(self.poll_every)));
+        }
+        let mut fds = Vec::with_capacity(3);
+        if let Some(ino) = &self.inotify {
+            fds.push(libc::pollfd { fd: ino.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        let first_stop = fds.len();
+        push_stop_fds(&mut fds, stop);
+        let rc = poll(&mut fds, timeout)?;
+        if fds[first_stop..].iter().any(|p| p.revents != 0) {
+            return Ok(Some(Waited::Stopped));
+        }
+        if rc > 0
+            && let Some(ino) = self.inotify.as_mut()
+        {
+            // Drain the events; which file arrived does not matter, the queue order does.
+            loop {
+                match ino.read_events(&mut self.buf) {
+                    Ok(events) => {
+                        if events.count() == 0 {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(Error::io("read inotify events for", self.dir.mailbox_new(&self.agent), e)),
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn push_stop_fds(fds: &mut Vec<libc::pollfd>, stop: &StopFds<'_>) {
+    if let Some(fd) = stop.readable {
+        fds.push(libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+    }
+    if let Some(fd) = stop.hangup {
+        // No requested events: poll still reports POLLERR/POLLHUP, and a terminal on
+        // stdout that the user types into does not count.
+        fds.push(libc::pollfd { fd: fd.as_raw_fd(), events: 0, revents: 0 });
+    }
+}
+
+/// Whether a stop descriptor has fired, waiting at most `timeout_ms`.
+fn poll_stop(stop: &StopFds<'_>, timeout_ms: i32) -> Result<bool> {
+    let mut fds = Vec::with_capacity(2);
+    push_stop_fds(&mut fds, stop);
+    if fds.is_empty() {
+        return Ok(false);
+    }
+    poll(&mut fds, Some(Duration::from_millis(timeout_ms.max(0) as u64)))?;
+    Ok(fds.iter().any(|p| p.revents != 0))
+}
+
+/// `poll(2)`; an interrupting signal counts as a wake-up (the caller looks again).
+fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> Result<i32> {
+    let ms = match timeout {
+        // Round up so a short remaining time does not become a busy zero-timeout loop.
+        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+        None => -1,
+    };
+    // SAFETY: fds is a valid, exclusively borrowed slice of pollfd for the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(Error::io("poll", "mailbox watches", e));
+    }
+    Ok(rc)
+}
+
+// ---------------------------------------------------------------------------------------
+// Acknowledging, requeueing, dead letters
+
+/// Acknowledges an in-flight message: moves `cur/<id>.json` to `done/<id>.json` and, if
+/// it `requires_ack`, sends an `ack` message back to its sender.
+///
+/// Acking an already acknowledged message changes nothing and says so; a message that is
+/// not in flight (never received, or requeued meanwhile) is [`Error::Failed`].
+pub fn ack(dir: &SessionDir, agent: &str, msg_id: &str) -> Result<AckReport> {
+    id::validate("agent", agent)?;
+    id::validate("message", msg_id)?;
+    let cur = dir.in_flight_message(agent, msg_id);
+    let done = dir.acked_message(agent, msg_id);
+    let report =
+        |already_acked, ack_id| AckReport { id: msg_id.to_string(), agent: agent.to_string(), already_acked, ack_id };
+    let msg = match fs::read(&cur) {
+        Ok(bytes) => fsio::parse_json::<Message>(&cur, &bytes)?,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return not_in_flight(dir, agent, msg_id, &done).map(|()| report(true, None));
+        }
+        Err(e) => return Err(Error::io("read", &cur, e)),
+    };
+    match fsio::rename_noclobber(&cur, &done) {
+        Ok(true) => {}
+        Ok(false) => {
+            // A redelivered copy of a message acked before: the archive has it already.
+            let _ = fs::remove_file(&cur);
+            return Ok(report(true, None));
+        }
+        Err(e) if fsio::is_not_found(&e) => {
+            return not_in_flight(dir, agent, msg_id, &done).map(|()| report(true, None));
+        }
+        Err(e) => return Err(e),
+    }
+    let mut ack_id = None;
+    if msg.requires_ack {
+        if id::validate("agent", &msg.from).is_err() {
+            log::warn!("message {msg_id} requires an ack but its sender {:?} is not a valid agent id", msg.from);
+        } else {
+            let back = Outgoing {
+                from: agent.to_string(),
+                to: msg.from.clone(),
+                msg_type: ACK_TYPE.to_string(),
+                payload: serde_json::json!({"message_id": msg_id, "type": msg.msg_type}),
+                priority: msg.priority,
+                requires_ack: false,
+            };
+            ack_id = Some(send_checked(dir, back, Recipients::Any)?.id);
+        }
+    }
+    Ok(report(false, ack_id))
+}
+
+/// `Ok(())` if the message was acked before (idempotent ack), else the error.
+fn not_in_flight(dir: &SessionDir, agent: &str, msg_id: &str, done: &Path) -> Result<()> {
+    if done.exists() {
+        return Ok(());
+    }
+    if !dir.mailbox_dir(agent).is_dir() {
+        check_registered(dir, agent)?;
+    }
+    Err(Error::Failed(format!(
+        "message {msg_id:?} is not in flight for agent {agent:?}: it was never received, or was requeued (receive it again before acking)"
+    )))
+}
+
+/// Returns `agent`'s in-flight messages to its queue with `delivery_count` raised by
+/// one; a message whose count reaches `max_deliveries` moves to `dead/` instead, with
+/// `dead_reason`. Also finishes requeues interrupted by a crash and removes writers'
+/// temporary files older than an hour.
+///
+/// Requeues are serialized by the session's `_mailbox` lock. An in-flight message is
+/// first renamed into `tmp/`, so an ack racing with the requeue either wins (the message
+/// is done) or fails cleanly (the message is back in the queue).
+pub fn requeue(dir: &SessionDir, agent: &str, max_deliveries: u32) -> Result<RequeueReport> {
+    id::validate("agent", agent)?;
+    if max_deliveries == 0 {
+        return Err(Error::Usage("--max-deliveries must be at least 1".to_string()));
+    }
+    if !dir.mailbox_dir(agent).is_dir() {
+        check_registered(dir, agent)?;
+        ensure_mailbox(dir, agent)?;
+    }
+    let _guard = dir.tool_lock(ToolLock::Mailbox, lock::default_timeout())?;
+    let mut report = RequeueReport { agent: agent.to_string(), ..RequeueReport::default() };
+    let tmp = dir.mailbox_tmp(agent);
+    // Hand-overs left by a requeue that was killed half-way.
+    for (name, _) in sorted_entries(&tmp).or_else(empty_if_missing)? {
+        if let Some(msg_id) = name.strip_suffix(layout::REQUEUE_SUFFIX) {
+            let msg_id = msg_id.to_string();
+            requeue_one(dir, agent, &msg_id, &tmp.join(&name), max_deliveries, &mut report)?;
+        } else if name.starts_with('.') && name.ends_with(".tmp") {
+            remove_if_stale(&tmp.join(&name));
+        }
+    }
+    let cur = dir.mailbox_cur(agent);
+    for (name, is_dir) in sorted_entries(&cur).or_else(empty_if_missing)? {
+        let path = cur.join(&name);
+        let Some(msg_id) = message_id_of(&name).filter(|_| !is_dir) else {
+            quarantine(dir, agent, &path, "not a message file name (<id>.json)");
+            report.bad += 1;
+            continue;
+        };
+        let handover = dir.requeue_handover(agent, msg_id);
+        match fs::rename(&path, &handover) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => continue, // acked meanwhile
+            Err(e) => return Err(Error::io("rename", &path, e)),
+        }
+        requeue_one(dir, agent, msg_id, &handover, max_deliveries, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn requeue_one(
+    dir: &SessionDir,
+    agent: &str,
+    msg_id: &str,
+    handover: &Path,
+    max_deliveries: u32,
+    report: &mut RequeueReport,
+) -> Result<()> {
+    let mut msg = match read_message(handover, msg_id) {
+        Ok(m) => m,
+        Err(why) => {
+            quarantine(dir, agent, handover, &why);
+            report.bad += 1;
+            return Ok(());
+        }
+    };
+    msg.delivery_count = msg.delivery_count.saturating_add(1);
+    let dest = if msg.delivery_count >= max_deliveries {
+        msg.dead_reason =
+            Some(format!("delivered {} times without an ack (max-deliveries {max_deliveries})", msg.delivery_count));
+        msg.dead_at = Some(time::now_rfc3339());
+        report.dead += 1;
+        dir.dead_message(agent, msg_id)
+    } else {
+        report.requeued += 1;
+        dir.queued_message(agent, msg.priority, sent_ms(&msg), msg_id)
+    };
+    let tmp = write_temp(dir, agent, &msg)?;
+    let placed = fsio::rename_noclobber(&tmp, &dest);
+    if !matches!(placed, Ok(true)) {
+        let _ = fs::remove_file(&tmp);
+    }
+    if !placed? {
+        // Already there (a requeue of this hand-over was interrupted after placing it).
+        log::info!("{} already exists; dropping the duplicate hand-over", dest.display());
+    }
+    fs::remove_file(handover)
+        .or_else(|e| if e.kind() == ErrorKind::NotFound { Ok(()) } else { Err(e) })
+        .ctx("remove", handover)
+}
+
+fn empty_if_missing(e: Error) -> Result<Vec<(String, bool)>> {
+    if fsio::is_not_found(&e) { Ok(Vec::new()) } else { Err(e) }
+}
+
+/// A writer killed between creating and publishing its temporary file leaves it behind.
+const STALE_TMP: Duration = Duration::from_secs(3600);
+
+fn remove_if_stale(path: &Path) {
+    let age = fs::metadata(path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+    if age.is_some_and(|a| a > STALE_TMP) {
+        let _ = fs::remove_file(path);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Broadcast and counts
+
+/// Sends one message to every active agent except the sender: the file is written once
+/// and hard-linked into each recipient's queue. Its `to` is `*`.
+pub fn broadcast(dir: &SessionDir, b: Broadcast) -> Result<BroadcastReport> {
+    id::validate("agent", &b.from)?;
+    id::validate("message type", &b.msg_type)?;
+    let mut recipients: Vec<String> = registry::load(dir)?
+        .into_iter()
+        .filter(|a| a.status == status::ACTIVE && a.id != b.from && id::validate("agent", &a.id).is_ok())
+        .map(|a| a.id)
+        .collect();
+    recipients.sort();
+    recipients.dedup();
+    let outgoing = Outgoing {
+        from: b.from,
+        to: BROADCAST_TO.to_string(),
+        msg_type: b.msg_type,
+        payload: b.payload,
+        priority: b.priority,
+        requires_ack: b.requires_ack,
+    };
+    let Some(first) = recipients.first() else {
+        let (record, _) = build(&outgoing, BROADCAST_TO);
+        return Ok(BroadcastReport { id: record.id, recipients });
+    };
+    for r in &recipients {
+        ensure_mailbox(dir, r)?;
+    }
+    const ATTEMPTS: usize = 8;
+    let mut pending: Vec<&String> = recipients.iter().collect();
+    let mut first_id = None;
+    for _ in 0..ATTEMPTS {
+        let (record, ms) = build(&outgoing, BROADCAST_TO);
+        let tmp = write_temp(dir, first, &record)?;
+        let mut collided = Vec::new();
+        let mut failure = None;
+        for r in pending {
+            match fsio::link_noclobber(&tmp, &dir.queued_message(r, record.priority, ms, &record.id)) {
+                Ok(true) => {}
+                Ok(false) => collided.push(r),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let _ = fs::remove_file(&tmp);
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        first_id.get_or_insert(record.id);
+        if collided.is_empty() {
+            return Ok(BroadcastReport { id: first_id.unwrap_or_default(), recipients });
+        }
+        pending = collided;
+    }
+    Err(Error::Failed("could not find a free message name for the broadcast".to_string()))
+}
+
+/// Counts the messages in each place of `agent`'s mailbox.
+pub fn count(dir: &SessionDir, agent: &str) -> Result<Counts> {
+    id::validate("agent", agent)?;
+    if !dir.mailbox_dir(agent).is_dir() {
+        check_registered(dir, agent)?;
+    }
+    let files = |p: &Path| -> Result<usize> { Ok(sorted_entries(p).or_else(empty_if_missing)?.len()) };
+    let handovers = sorted_entries(&dir.mailbox_tmp(agent))
+        .or_else(empty_if_missing)?
+        .iter()
+        .filter(|(n, _)| n.ends_with(layout::REQUEUE_SUFFIX))
+        .count();
+    Ok(Counts {
+        agent: agent.to_string(),
+        queued: count_queued(&dir.mailbox_new(agent), 0)?,
+        in_flight: files(&dir.mailbox_cur(agent))? + handovers,
+        acked: files(&dir.mailbox_done(agent))?,
+        dead: files(&dir.mailbox_dead(agent))?,
+        bad: files(&dir.mailbox_bad(agent))?,
+    })
+}
+
+fn count_queued(path: &Path, level: usize) -> Result<usize> {
+    let mut n = 0;
+    for (name, is_dir) in sorted_entries(path).or_else(empty_if_missing)? {
+        if level < queue_shard::DEPTH && is_dir {
+            n += count_queued(&path.join(name), level + 1)?;
+        } else if level == queue_shard::DEPTH && !is_dir {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,5 +1016,198 @@ mod tests {
         }
         assert_eq!(id_host("build-7.example.org"), "build-7");
         assert_eq!(id_host("..."), "host");
+    }
+
+    fn session() -> (tempfile::TempDir, SessionDir) {
+        let t = tempfile::tempdir().expect("tempdir");
+        let dir = SessionDir::at(t.path().to_path_buf(), "s-1".to_string());
+        for d in layout::SESSION_DIRS {
+            fs::create_dir_all(t.path().join(d)).expect("mkdir");
+        }
+        (t, dir)
+    }
+
+    fn register(dir: &SessionDir, agents: &[&str]) {
+        let records: Vec<Value> = agents
+            .iter()
+            .map(|a| serde_json::json!({"id": a, "type": "w", "status": "active", "registered_at": "2026-01-01T00:00:00Z"}))
+            .collect();
+        fsio::write_json(&dir.agents_json(), &records).expect("agents.json");
+        for a in agents {
+            fs::write(dir.heartbeat_file(a), "").expect("heartbeat");
+            ensure_mailbox(dir, a).expect("mailbox");
+        }
+    }
+
+    fn msg(to: &str, ty: &str, priority: i64) -> Outgoing {
+        Outgoing {
+            from: "boss".to_string(),
+            to: to.to_string(),
+            msg_type: ty.to_string(),
+            payload: serde_json::json!({"n": ty}),
+            priority,
+            requires_ack: false,
+        }
+    }
+
+    fn types(ms: &[Message]) -> Vec<&str> {
+        ms.iter().map(|m| m.msg_type.as_str()).collect()
+    }
+
+    #[test]
+    fn delivery_order_is_priority_then_fifo_and_each_message_is_claimed_once() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        for (ty, p) in [("a", 0), ("b", 0), ("urgent", 9), ("c", 0), ("low", -3), ("d", 0)] {
+            send(&dir, msg("w1", ty, p)).expect("send");
+        }
+        assert_eq!(count(&dir, "w1").expect("count").queued, 6);
+        let first = claim(&dir, "w1", 2).expect("claim");
+        assert_eq!(types(&first), ["urgent", "a"]);
+        let rest = claim(&dir, "w1", 10).expect("claim");
+        assert_eq!(types(&rest), ["b", "c", "d", "low"]);
+        assert!(claim(&dir, "w1", 1).expect("claim").is_empty());
+        let c = count(&dir, "w1").expect("count");
+        assert_eq!((c.queued, c.in_flight), (0, 6));
+        // Drained shard directories are removed; new/ itself stays.
+        assert_eq!(fs::read_dir(dir.mailbox_new("w1")).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn unknown_recipients_are_refused_unless_allowed() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        let err = send(&dir, msg("ghost", "x", 0)).expect_err("unknown");
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.to_string().contains("ghost"), "{err}");
+        assert_eq!(send(&dir, msg("a/b", "x", 0)).expect_err("bad id").exit_code(), 2);
+        send_checked(&dir, msg("ghost", "x", 0), Recipients::Any).expect("allowed");
+        assert_eq!(claim(&dir, "ghost", 1).expect("claim").len(), 1);
+    }
+
+    #[test]
+    fn ack_moves_to_done_and_answers_requires_ack() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        let mut m = msg("w1", "job", 0);
+        m.requires_ack = true;
+        let sent = send(&dir, m).expect("send");
+        let got = claim(&dir, "w1", 1).expect("claim");
+        assert_eq!(got[0], sent);
+        let r = ack(&dir, "w1", &sent.id).expect("ack");
+        assert!(!r.already_acked && r.ack_id.is_some());
+        assert!(dir.acked_message("w1", &sent.id).is_file());
+        assert!(ack(&dir, "w1", &sent.id).expect("again").already_acked);
+        let back = claim(&dir, "boss", 1).expect("ack message");
+        assert_eq!(back[0].msg_type, ACK_TYPE);
+        assert_eq!(back[0].payload["message_id"], sent.id.as_str());
+        assert_eq!(ack(&dir, "w1", "msg-unknown").expect_err("not in flight").exit_code(), 1);
+    }
+
+    #[test]
+    fn requeue_raises_the_count_then_dead_letters_with_a_reason() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        let sent = send(&dir, msg("w1", "job", 0)).expect("send");
+        for round in 1..=2u32 {
+            let got = claim(&dir, "w1", 1).expect("claim");
+            assert_eq!(got[0].delivery_count, round - 1);
+            let r = requeue(&dir, "w1", 3).expect("requeue");
+            assert_eq!((r.requeued, r.dead), (1, 0));
+        }
+        claim(&dir, "w1", 1).expect("claim");
+        let r = requeue(&dir, "w1", 3).expect("requeue");
+        assert_eq!((r.requeued, r.dead), (0, 1));
+        let dead: Message = fsio::read_json(&dir.dead_message("w1", &sent.id)).expect("dead letter");
+        assert_eq!(dead.delivery_count, 3);
+        assert!(dead.dead_reason.as_deref().is_some_and(|r| r.contains("3 times")), "{dead:?}");
+        assert!(claim(&dir, "w1", 1).expect("claim").is_empty());
+        assert_eq!(requeue(&dir, "w1", 0).expect_err("zero").exit_code(), 2);
+    }
+
+    #[test]
+    fn an_interrupted_requeue_is_finished_by_the_next() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        let sent = send(&dir, msg("w1", "job", 0)).expect("send");
+        claim(&dir, "w1", 1).expect("claim");
+        fs::rename(dir.in_flight_message("w1", &sent.id), dir.requeue_handover("w1", &sent.id)).expect("hand over");
+        assert_eq!(count(&dir, "w1").expect("count").in_flight, 1);
+        assert_eq!(requeue(&dir, "w1", 5).expect("requeue").requeued, 1);
+        assert_eq!(claim(&dir, "w1", 1).expect("claim")[0].id, sent.id);
+    }
+
+    #[test]
+    fn garbage_is_moved_aside_and_does_not_block_the_queue() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        let sent = send(&dir, msg("w1", "ok", 0)).expect("send");
+        let leaf = dir.queued_message("w1", 0, sent_ms(&sent), &sent.id);
+        let leaf = leaf.parent().expect("leaf");
+        fs::write(leaf.join("msg-0000000000000000-0000-a-1-00000000.json"), "{\"id\": ").expect("truncated");
+        fs::write(leaf.join("zz-not-a-message"), "hello").expect("garbage");
+        fs::write(dir.mailbox_new("w1").join("stray.json"), "{}").expect("stray");
+        let got = claim(&dir, "w1", 5).expect("claim");
+        assert_eq!(types(&got), ["ok"]);
+        assert_eq!(count(&dir, "w1").expect("count").bad, 3);
+        send(&dir, msg("w1", "after", 0)).expect("send");
+        assert_eq!(types(&claim(&dir, "w1", 5).expect("claim")), ["after"]);
+    }
+
+    #[test]
+    fn broadcast_links_one_file_into_every_other_active_mailbox() {
+        let (_t, dir) = session();
+        register(&dir, &["a", "b", "c"]);
+        let r = broadcast(
+            &dir,
+            Broadcast {
+                from: "a".to_string(),
+                msg_type: "hello".to_string(),
+                payload: Value::Null,
+                priority: 0,
+                requires_ack: false,
+            },
+        )
+        .expect("broadcast");
+        assert_eq!(r.recipients, ["b", "c"]);
+        assert!(claim(&dir, "a", 1).expect("a").is_empty());
+        for agent in ["b", "c"] {
+            let got = claim(&dir, agent, 1).expect("claim");
+            assert_eq!((got[0].id.as_str(), got[0].to.as_str()), (r.id.as_str(), BROADCAST_TO));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let nlink = fs::metadata(dir.in_flight_message("b", &r.id)).expect("meta").nlink();
+        assert_eq!(nlink, 2, "one file, linked into both mailboxes");
+    }
+
+    #[test]
+    fn a_waiter_wakes_when_a_message_arrives() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        let mut waiter = Waiter::new(&dir, "w1").expect("waiter");
+        let soon = Some(Instant::now() + Duration::from_millis(30));
+        assert!(matches!(waiter.next(1, soon, &StopFds::default()).expect("wait"), Waited::TimedOut));
+        let sender_dir = dir.clone();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            send(&sender_dir, msg("w1", "late", 0)).expect("send")
+        });
+        let later = Some(Instant::now() + Duration::from_secs(10));
+        let got = match waiter.next(1, later, &StopFds::default()).expect("wait") {
+            Waited::Messages(m) => m,
+            other => panic!("expected a message, got {other:?}"),
+        };
+        assert_eq!(got[0], sender.join().expect("join"));
+    }
+
+    #[test]
+    fn release_puts_a_message_back_in_front() {
+        let (_t, dir) = session();
+        register(&dir, &["w1"]);
+        send(&dir, msg("w1", "first", 0)).expect("send");
+        send(&dir, msg("w1", "second", 0)).expect("send");
+        let got = claim(&dir, "w1", 1).expect("claim");
+        release(&dir, "w1", &got[0]).expect("release");
+        assert_eq!(types(&claim(&dir, "w1", 2).expect("claim")), ["first", "second"]);
     }
 }
