@@ -425,6 +425,10 @@ fn task_records_feed_the_report_views_and_the_timeline() {
 #[test]
 fn task_and_message_gates_fail_on_sessions_built_to_fail_them() {
     let env = session_with_tasks();
+    // w2 receives a message and never acks it: fine while w2 lives.
+    env.cmd("msgq").args(["send", "--from", "w1", "--to", "w2", "--type", "note"]).ok();
+    let got = env.cmd("msgq").args(["recv", "w2"]).ok().json_lines();
+    assert_eq!(got.len(), 1);
     env.cmd("aggregate").ok();
     let (_, list, _) = gates(&env);
     let ok = |id: &str| list.iter().find(|g| g.0 == id).map(|g| g.1);
@@ -447,9 +451,6 @@ fn task_and_message_gates_fail_on_sessions_built_to_fail_them() {
     std::fs::write(env.dir().join("state/global.json"), g.to_string()).expect("write");
     assert_gate_fails(&env, "progress_tracked", "operation_progress is 10 but 2 of 3");
 
-    // A message received (in cur/) and never acked by an agent that is gone.
-    let cur = env.dir().join("messages/w2/cur");
-    std::fs::create_dir_all(&cur).expect("cur");
-    std::fs::write(cur.join("m1.json"), "{\"id\": \"m1\"}").expect("in flight");
+    // w2 is gone now, with the message still in flight.
     assert_gate_fails(&env, "messages_delivered", "w2 (1, agent terminated)");
 }

@@ -264,11 +264,10 @@ fn messages_delivered(dir: &SessionDir, agents: &crate::Result<Vec<Agent>>) -> O
     let mut stuck = Vec::new();
     let mut in_flight = 0usize;
     for a in agents {
-        let n = std::fs::read_dir(dir.mailbox_cur(&a.id))
-            .map(|entries| {
-                entries.filter_map(|e| e.ok()).filter(|e| !e.file_name().to_string_lossy().starts_with('.')).count()
-            })
-            .unwrap_or(0);
+        let n = match crate::mailbox::count(dir, &a.id) {
+            Ok(c) => c.in_flight,
+            Err(e) => return Err(format!("cannot inspect the mailbox of {}: {e}", a.id)),
+        };
         in_flight += n;
         if n > 0 && !alive(a) {
             stuck.push(format!("{} ({n}, agent {})", a.id, a.status));
