@@ -186,7 +186,7 @@ fn check_well_formed(html: &str) -> Result<(), String> {
         if name.is_empty() {
             return Err(format!("stray '<' before {:?}", &tag[..tag.len().min(20)]));
         }
-        if tag.matches('"').count() % 2 != 0 {
+        if !tag.matches('"').count().is_multiple_of(2) {
             return Err(format!("unbalanced quotes in <{tag}>"));
         }
         if tag.ends_with('/') || VOID.contains(&name.as_str()) {

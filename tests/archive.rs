@@ -140,7 +140,10 @@ fn raw_header(name: &str, kind: tar::EntryType, link: &str, size: u64) -> tar::H
     h
 }
 
-fn hostile(path: &Path, entries: &[(&str, tar::EntryType, &str, &[u8])]) {
+/// name, type, link name, content
+type RawEntry<'a> = (&'a str, tar::EntryType, &'a str, &'a [u8]);
+
+fn hostile(path: &Path, entries: &[RawEntry<'_>]) {
     let file = std::fs::File::create(path).expect("create");
     let mut b = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::default()));
     for (name, kind, link, data) in entries {
@@ -159,7 +162,7 @@ fn hostile_archives_are_refused_and_nothing_is_written() {
     std::fs::create_dir(&victim).expect("victim dir");
     let v = victim.display().to_string();
     let abs_target = format!("{v}/abs");
-    let cases: Vec<(&str, Vec<(&str, tar::EntryType, &str, &[u8])>, &str)> = vec![
+    let cases: Vec<(&str, Vec<RawEntry<'_>>, &str)> = vec![
         ("absolute", vec![("s/", Directory, "", b""), (abs_target.as_str(), Regular, "", b"pwned")], "absolute"),
         ("dotdot", vec![("s/", Directory, "", b""), ("s/../../victim/dotdot", Regular, "", b"pwned")], "'..'"),
         ("symlink-abs", vec![("s/", Directory, "", b""), ("s/l", Symlink, v.as_str(), b"")], "points outside"),
@@ -232,7 +235,11 @@ fn a_full_disk_leaves_no_partial_archive_and_the_session_active_and_intact() {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!("skipping the full-disk test: mounting a tmpfs is not permitted here");
+        // Visible with --nocapture and in the failure-free log of a verbose run.
+        #[allow(clippy::print_stderr)]
+        {
+            eprintln!("skipping the full-disk test: mounting a tmpfs is not permitted here");
+        }
         return;
     }
     let _guard = Mount(mnt.clone());
