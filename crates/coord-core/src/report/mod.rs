@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error::{Error, IoContext, Result};
@@ -33,90 +34,148 @@ pub use render::{html, markdown};
 /// file could not be read and is listed under the report's `errors`.
 pub const EXIT_INCOMPLETE: u8 = 4;
 
+/// The task fields the report itself reads (failures, timeline); every other field is
+/// only carried along in the entry's raw JSON.
+const READ_FIELDS: &[&str] = &[
+    "error",
+    "claimed_at",
+    "started_at",
+    "assigned_at",
+    "completed_at",
+    "finished_at",
+    "failed_at",
+    "attempt",
+    "attempts",
+];
+
 /// One task entry of a result file: the seed's `{id, status, ...}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+///
+/// It serializes as the entry was written, byte for byte (unknown fields and their order
+/// kept), without ever being rebuilt as a JSON tree: that is what keeps aggregating
+/// 100,000 tasks fast.
+#[derive(Debug, Clone)]
 pub struct TaskResult {
     /// The task id.
     pub id: String,
     /// `completed`, `failed`, or any status the agent chose.
     pub status: String,
-    /// Every other field the agent wrote (`error`, `output`, `started_at`...), kept as is.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    /// The fields the report reads (`error`, `claimed_at`, `completed_at`, `attempt`...),
+    /// when present.
+    pub fields: Map<String, Value>,
+    raw: Box<RawValue>,
+}
+
+impl PartialEq for TaskResult {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+impl Serialize for TaskResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
 }
 
 /// One agent's `results/<agent>.json`: the seed's `{tasks: [...], execution_time}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// It serializes as the file was written.
+#[derive(Debug, Clone)]
 pub struct AgentResults {
     /// The tasks the agent reports on.
     pub tasks: Vec<TaskResult>,
     /// Seconds the agent spent working (optional; missing counts as 0).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_time: Option<f64>,
-    /// Every other field the agent wrote, kept as is.
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    raw: Box<RawValue>,
 }
 
-// Hand-written deserializers: `#[serde(flatten)]` buffers every entry before sorting out
-// the known fields, which made parsing 100,000 tasks several times slower. These read
-// each key once, keep unknown ones as they are, and still report positions on errors.
+impl PartialEq for AgentResults {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
 
-impl<'de> Deserialize<'de> for TaskResult {
+impl Serialize for AgentResults {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+/// The outer shape of a result file; unknown fields are skipped without being built.
+#[derive(Deserialize)]
+struct FileParts {
+    tasks: Vec<Box<RawValue>>,
+    #[serde(default)]
+    execution_time: Option<f64>,
+}
+
+/// A task's id, status and [`READ_FIELDS`]; every other field is skipped unbuilt.
+struct TaskHead {
+    id: String,
+    status: String,
+    fields: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for TaskHead {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = TaskResult;
+            type Value = TaskHead;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a task object {\"id\": ..., \"status\": ..., ...}")
+                f.write_str("a task object {\"id\": string, \"status\": string, ...}")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<TaskResult, A::Error> {
-                let (mut id, mut status, mut extra) = (None, None, Map::new());
-                while let Some(k) = m.next_key::<String>()? {
-                    match k.as_str() {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<TaskHead, A::Error> {
+                let (mut id, mut status, mut fields) = (None, None, Map::new());
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match k.as_ref() {
                         "id" => id = Some(m.next_value::<String>()?),
                         "status" => status = Some(m.next_value::<String>()?),
-                        _ => {
+                        key if READ_FIELDS.contains(&key) => {
                             let v: Value = m.next_value()?;
-                            extra.insert(k, v);
+                            fields.insert(key.to_string(), v);
+                        }
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
                         }
                     }
                 }
                 let id = id.ok_or_else(|| serde::de::Error::missing_field("id"))?;
                 let status = status.ok_or_else(|| serde::de::Error::missing_field("status"))?;
-                Ok(TaskResult { id, status, extra })
+                Ok(TaskHead { id, status, fields })
             }
         }
         d.deserialize_map(V)
     }
 }
 
-impl<'de> Deserialize<'de> for AgentResults {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = AgentResults;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a result object {\"tasks\": [...], \"execution_time\": seconds}")
+/// The whole file checked against the seed's shape in one pass, only to find the exact
+/// position of a shape error that the fast path saw inside one task.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct StrictFile {
+    tasks: Vec<TaskHead>,
+    #[serde(default)]
+    execution_time: Option<f64>,
+}
+
+/// Parses a result file's bytes (`path` names it in errors).
+pub fn parse_result_file(path: &Path, bytes: &[u8]) -> Result<AgentResults> {
+    let raw: Box<RawValue> = fsio::parse_json(path, bytes)?;
+    let parts: FileParts = fsio::parse_json(path, bytes)?;
+    let mut tasks = Vec::with_capacity(parts.tasks.len());
+    for task in parts.tasks {
+        let head: TaskHead = match serde_json::from_str(task.get()) {
+            Ok(h) => h,
+            Err(e) => {
+                // Re-read strictly for the position in the file, not in the entry.
+                return Err(match fsio::parse_json::<StrictFile>(path, bytes) {
+                    Err(strict) => strict,
+                    Ok(_) => Error::malformed(path, &e),
+                });
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<AgentResults, A::Error> {
-                let (mut tasks, mut execution_time, mut extra) = (None, None, Map::new());
-                while let Some(k) = m.next_key::<String>()? {
-                    match k.as_str() {
-                        "tasks" => tasks = Some(m.next_value::<Vec<TaskResult>>()?),
-                        "execution_time" => execution_time = m.next_value::<Option<f64>>()?,
-                        _ => {
-                            let v: Value = m.next_value()?;
-                            extra.insert(k, v);
-                        }
-                    }
-                }
-                let tasks = tasks.ok_or_else(|| serde::de::Error::missing_field("tasks"))?;
-                Ok(AgentResults { tasks, execution_time, extra })
-            }
-        }
-        d.deserialize_map(V)
+        };
+        tasks.push(TaskResult { id: head.id, status: head.status, fields: head.fields, raw: task });
     }
+    Ok(AgentResults { tasks, execution_time: parts.execution_time, raw })
 }
 
 /// An input that could not be used; the report is incomplete without it.
@@ -237,8 +296,8 @@ pub struct TaskCounts {
 pub struct ResultsView<'a> {
     /// Each agent's result file, as written (unknown fields kept).
     pub by_agent: ByAgent<'a>,
-    /// Each task id's entry, with the reporting agent added as `agent`; when two agents
-    /// report the same id, the later agent (by id) wins and a warning says so.
+    /// Each task id's entry as written; when two agents report the same id, the later
+    /// agent (by id) wins, as in the seed, and a warning says so.
     pub by_task: ByTask<'a>,
     /// Totals.
     pub summary: Summary,
@@ -256,17 +315,7 @@ impl Serialize for ByAgent<'_> {
 
 /// Serializes `by_task` as a JSON object without copying the tasks.
 #[derive(Debug)]
-pub struct ByTask<'a>(Vec<(&'a str, TaskWithAgent<'a>)>);
-
-/// A task entry plus the agent that reported it.
-#[derive(Debug, Serialize)]
-pub struct TaskWithAgent<'a> {
-    /// The reporting agent (unless the entry has its own `agent` field).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    agent: Option<&'a str>,
-    #[serde(flatten)]
-    task: &'a TaskResult,
-}
+pub struct ByTask<'a>(Vec<(&'a str, &'a TaskResult)>);
 
 impl Serialize for ByTask<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -304,11 +353,10 @@ impl Collected {
     pub fn results(&self) -> ResultsView<'_> {
         let mut index: HashMap<&str, usize> =
             HashMap::with_capacity(self.by_agent.iter().map(|(_, r)| r.tasks.len()).sum());
-        let mut by_task: Vec<(&str, TaskWithAgent<'_>)> = Vec::new();
-        for (agent, results) in &self.by_agent {
+        let mut by_task: Vec<(&str, &TaskResult)> = Vec::new();
+        for (_, results) in &self.by_agent {
             for task in &results.tasks {
-                let entry =
-                    TaskWithAgent { agent: (!task.extra.contains_key("agent")).then_some(agent.as_str()), task };
+                let entry = task;
                 match index.get(task.id.as_str()) {
                     // The seed assigns by_task[id] per entry, so the last one wins.
                     Some(&i) => by_task[i].1 = entry,
@@ -337,7 +385,12 @@ impl Collected {
             s.total_tasks += r.tasks.len() as u64;
             s.total_time += r.execution_time.unwrap_or(0.0);
             for t in &r.tasks {
-                *s.by_status.entry(t.status.clone()).or_insert(0) += 1;
+                match s.by_status.get_mut(t.status.as_str()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        s.by_status.insert(t.status.clone(), 1);
+                    }
+                }
                 match t.status.as_str() {
                     "completed" => s.completed_tasks += 1,
                     "failed" => s.failed_tasks += 1,
@@ -544,7 +597,8 @@ pub fn read_result_file(path: &Path) -> Result<AgentResults> {
     if !meta.is_file() {
         return Err(Error::Failed("not a regular file (result files are never followed through links)".into()));
     }
-    let r: AgentResults = fsio::read_json(path)?;
+    let bytes = std::fs::read(path).ctx("read", path)?;
+    let r = parse_result_file(path, &bytes)?;
     if let Some(t) = r.execution_time
         && !(t.is_finite() && t >= 0.0)
     {
@@ -598,15 +652,15 @@ fn duplicate_warnings(by_agent: &[(String, AgentResults)], warnings: &mut Vec<St
 fn spans_from_results(by_agent: &[(String, AgentResults)]) -> Vec<Span> {
     let time = |t: &TaskResult, keys: &[&str]| {
         keys.iter()
-            .find_map(|k| t.extra.get(*k)?.as_str().and_then(crate::time::parse_rfc3339))
+            .find_map(|k| t.fields.get(*k)?.as_str().and_then(crate::time::parse_rfc3339))
             .map(crate::time::unix_ms)
     };
     let mut spans = Vec::new();
     for (agent, r) in by_agent {
-        for t in &r.tasks {
+        for t in r.tasks.iter().filter(|t| !t.fields.is_empty()) {
             let Some(start) = time(t, &["claimed_at", "started_at", "assigned_at"]) else { continue };
             let end = time(t, &["completed_at", "finished_at", "failed_at"]).unwrap_or(start).max(start);
-            let attempt = ["attempt", "attempts"].iter().find_map(|k| t.extra.get(*k)?.as_u64()).unwrap_or(1).max(1);
+            let attempt = ["attempt", "attempts"].iter().find_map(|k| t.fields.get(*k)?.as_u64()).unwrap_or(1).max(1);
             spans.push(Span {
                 agent: agent.clone(),
                 task: t.id.clone(),
@@ -757,7 +811,7 @@ mod tests {
         let p = c.performance();
         assert_eq!((p.throughput, p.success_rate, p.average_time), (Some(1.0), Some(0.5), Some(1.0)));
         let v = serde_json::to_value(c.results()).expect("ser");
-        assert_eq!(v["by_task"]["t1"]["agent"], "b", "the later agent wins, as in the seed");
+        assert_eq!(v["by_task"]["t1"]["status"], "skipped", "the later agent wins, as in the seed");
         assert_eq!(v["by_task"]["t2"]["error"], "boom");
         assert_eq!(v["by_agent"]["b"]["note"], "x");
         assert_eq!(c.warnings.len(), 1);

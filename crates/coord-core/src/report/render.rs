@@ -45,7 +45,7 @@ fn failures(c: &Collected) -> Vec<(&str, &str, String)> {
     for (agent, r) in &c.by_agent {
         for t in &r.tasks {
             if t.status == "failed" {
-                let error = match t.extra.get("error") {
+                let error = match t.fields.get("error") {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(v) => v.to_string(),
                     None => String::new(),
