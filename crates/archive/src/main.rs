@@ -94,7 +94,7 @@ fn main() -> ExitCode {
                     }
                     let b = bar.get_or_insert_with(|| {
                         let b = indicatif::ProgressBar::with_draw_target(
-                            Some(p.bytes_total),
+                            Some(p.entries_total),
                             indicatif::ProgressDrawTarget::stderr(),
                         );
                         if let Ok(style) =
@@ -104,8 +104,8 @@ fn main() -> ExitCode {
                         }
                         b
                     });
-                    b.set_position(p.bytes_done);
-                    b.set_message(format!("{}/{} entries", p.entries_done, p.entries_total));
+                    b.set_position(p.entries_done);
+                    b.set_message(format!("{} MB read", p.bytes_done / 1_000_000));
                 });
                 if let Some(b) = bar {
                     b.finish_and_clear();

@@ -7,9 +7,10 @@
 //! 2. write the archive to a hidden temporary file next to its destination; the
 //!    `session.json` inside the archive is already the completed record (`status`,
 //!    `ended_at`, where the archive lives, expiry);
-//! 3. fsync it and verify it by reading it back: every entry's path, type, size, link
-//!    target and content checksum must match what was written, and the gzip trailer's CRC
-//!    must check;
+//! 3. verify it by reading it back: every entry's path, type, size, link target and
+//!    content checksum must match what was written, and the gzip trailer's CRC must
+//!    check (with `--remove` or `COORD_FSYNC=1` it is fsynced first; `gc` fsyncs an
+//!    archive before it deletes the session it holds);
 //! 4. rename it into place;
 //! 5. only now write the completed `session.json` into the session (the same bytes as in
 //!    the archive, so an extracted archive equals the session byte for byte). If that
@@ -70,8 +71,6 @@ pub struct Progress {
     pub entries_total: u64,
     /// File bytes written so far.
     pub bytes_done: u64,
-    /// File bytes to write.
-    pub bytes_total: u64,
 }
 
 /// What `archive` did.
@@ -113,7 +112,8 @@ enum Kind {
 struct Found {
     rel: PathBuf,
     kind: Kind,
-    meta: Metadata,
+    /// Directories and links only; files are described by their open descriptor.
+    meta: Option<Metadata>,
     target: Option<PathBuf>,
 }
 
@@ -170,7 +170,12 @@ pub fn create(base: &Base, dir: &SessionDir, opts: &Options, progress: &mut dyn 
         .ctx("create a temporary file in", out_dir)?;
 
     let written = write_archive(dir, &found, &session_bytes, tmp.as_file(), &output, progress)?;
-    tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+    // The archive must be on disk before anything is deleted because of it: now with
+    // --remove (or COORD_FSYNC=1), else `gc` syncs it before it removes the session.
+    let durable = opts.remove || crate::env::fsync_requested();
+    if durable {
+        tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+    }
     verify(tmp.as_file(), &written).map_err(|why| {
         Error::Failed(format!(
             "the archive written to {} did not verify ({why}); nothing was changed",
@@ -179,7 +184,9 @@ pub fn create(base: &Base, dir: &SessionDir, opts: &Options, progress: &mut dyn 
     })?;
     let size = tmp.as_file().metadata().ctx("inspect", tmp.path())?.len();
     tmp.persist(&output).map_err(|e| Error::io("rename into", &output, e.error))?;
-    fsio::sync_dir(out_dir)?;
+    if durable {
+        fsio::sync_dir(out_dir)?;
+    }
 
     // The archive is in place and verified; now the session may say so.
     if let Err(e) = fsio::write_atomic(&dir.session_json(), &session_bytes) {
@@ -260,38 +267,41 @@ fn is_temporary(name: &std::ffi::OsStr) -> bool {
 /// sorted, without following any link.
 fn walk(root: &Path, skipped: &mut Vec<String>) -> Result<Vec<Found>> {
     let meta = std::fs::symlink_metadata(root).ctx("inspect", root)?;
-    let mut out = vec![Found { rel: PathBuf::new(), kind: Kind::Dir, meta, target: None }];
+    let mut out = vec![Found { rel: PathBuf::new(), kind: Kind::Dir, meta: Some(meta), target: None }];
     let mut i = 0;
     // Breadth-first over `out` itself: each directory's children are appended after it.
     while i < out.len() {
         if out[i].kind == Kind::Dir {
             let rel = out[i].rel.clone();
             let path = root.join(&rel);
+            // The entry's type comes with the listing (no stat); a regular file's metadata
+            // is taken from the descriptor it is read through.
             let mut children: Vec<_> = std::fs::read_dir(&path)
                 .ctx("list", &path)?
-                .map(|e| e.map(|e| e.file_name()))
+                .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?))))
                 .collect::<io::Result<_>>()
                 .ctx("list", &path)?;
-            children.sort();
-            for name in children {
+            children.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, ft) in children {
                 if is_temporary(&name) {
                     continue;
                 }
                 let child_rel = rel.join(&name);
                 let child = root.join(&child_rel);
-                let meta = match std::fs::symlink_metadata(&child) {
-                    Ok(m) => m,
+                let stat = || match std::fs::symlink_metadata(&child) {
+                    Ok(m) => Ok(Some(m)),
                     // Gone between listing and looking: a writer's rename; skip it.
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io("inspect", &child, e)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(Error::io("inspect", &child, e)),
                 };
-                let ft = meta.file_type();
-                let (kind, target) = if ft.is_dir() {
-                    (Kind::Dir, None)
-                } else if ft.is_file() {
-                    (Kind::File, None)
+                let (kind, meta, target) = if ft.is_file() {
+                    (Kind::File, None, None)
+                } else if ft.is_dir() {
+                    let Some(m) = stat()? else { continue };
+                    (Kind::Dir, Some(m), None)
                 } else if ft.is_symlink() {
-                    (Kind::Symlink, Some(std::fs::read_link(&child).ctx("read link", &child)?))
+                    let Some(m) = stat()? else { continue };
+                    (Kind::Symlink, Some(m), Some(std::fs::read_link(&child).ctx("read link", &child)?))
                 } else {
                     log::warn!("skipping {}: not a file, directory or link", child.display());
                     skipped.push(child_rel.display().to_string());
@@ -426,30 +436,35 @@ fn build_tar(
     let mut builder = tar::Builder::new(writer);
     let root_name = PathBuf::from(dir.id());
     let session_rel = Path::new("session.json");
-    let mut p = Progress {
-        entries_total: found.len() as u64,
-        bytes_total: found.iter().filter(|f| f.kind == Kind::File).map(|f| f.meta.len()).sum(),
-        ..Progress::default()
-    };
+    let mut p = Progress { entries_total: found.len() as u64, ..Progress::default() };
     progress(&p);
     let mut written = Vec::with_capacity(found.len());
+    let lstat = |f: &Found| -> Result<Metadata> {
+        match &f.meta {
+            Some(m) => Ok(m.clone()),
+            None => {
+                let p = dir.root().join(&f.rel);
+                std::fs::symlink_metadata(&p).ctx("inspect", &p)
+            }
+        }
+    };
     for f in found {
         let path = root_name.join(&f.rel);
         match f.kind {
             Kind::Dir => {
-                let mut h = header_for(Kind::Dir, &f.meta, 0);
+                let mut h = header_for(Kind::Dir, &lstat(f)?, 0);
                 builder.append_data(&mut h, &path, io::empty()).map_err(werr)?;
                 written.push(Written { path, kind: Kind::Dir, size: 0, crc: 0, target: None });
             }
             Kind::Symlink => {
                 let target = f.target.clone().unwrap_or_default();
-                let mut h = header_for(Kind::Symlink, &f.meta, 0);
+                let mut h = header_for(Kind::Symlink, &lstat(f)?, 0);
                 builder.append_link(&mut h, &path, &target).map_err(werr)?;
                 written.push(Written { path, kind: Kind::Symlink, size: 0, crc: 0, target: Some(target) });
             }
             Kind::File if f.rel == session_rel => {
                 // The completed record, not the one on disk (see the module docs).
-                let mut h = header_for(Kind::File, &f.meta, session_bytes.len() as u64);
+                let mut h = header_for(Kind::File, &lstat(f)?, session_bytes.len() as u64);
                 builder.append_data(&mut h, &path, session_bytes).map_err(werr)?;
                 let mut crc = Crc::new();
                 crc.update(session_bytes);
@@ -615,6 +630,8 @@ pub fn gc(base: &Base, older_than: Option<Duration>, now: SystemTime) -> Result<
             continue;
         };
         drop(guard);
+        // The archive is all that stays: make sure it is on disk first.
+        File::open(&archive).and_then(|f| f.sync_all()).ctx("fsync", Path::new(&archive))?;
         remove_session_dir(base, &session_id)?;
         removed.push(Removed { session: session_id, reason, archive });
     }
