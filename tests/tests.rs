@@ -4,6 +4,8 @@
 
 mod util;
 
+mod aggregate;
+mod archive;
 mod foundation;
 mod msgq;
 mod taskd;

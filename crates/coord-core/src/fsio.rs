@@ -44,6 +44,27 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &to_json_bytes(value))
 }
 
+/// Like [`write_json`], but compact (one line) and serialized straight into the temporary
+/// file, so a large document (an aggregate report over 100,000 tasks) is never held in
+/// memory as text, and is about half the size of the pretty form.
+pub fn write_json_streamed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    let dir = parent(path);
+    let tmp =
+        tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
+    let mut out = std::io::BufWriter::new(tmp);
+    serde_json::to_writer(&mut out, value).map_err(|e| {
+        let source = e.io_error_kind().map_or_else(|| std::io::Error::other(e.to_string()), std::io::Error::from);
+        Error::io("write", path, source)
+    })?;
+    out.write_all(b"\n").ctx("write", path)?;
+    let tmp = out.into_inner().map_err(|e| Error::io("write", path, e.into_error()))?;
+    if env::fsync_requested() {
+        tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+    }
+    tmp.persist(path).map_err(|e| Error::io("rename into", path, e.error))?;
+    sync_parent(path)
+}
+
 /// `value` as pretty JSON bytes with a trailing newline.
 pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serializing our own serde types (string keys, no non-finite floats) cannot fail.

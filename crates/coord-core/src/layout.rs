@@ -110,7 +110,18 @@ impl Base {
     pub fn session_path(&self, session_id: &str) -> PathBuf {
         self.path.join(session_id)
     }
+
+    // --- archives (archive) -------------------------------------------------------------
+    // Archives sit next to the sessions: `<base>/<session>.tar.gz`, the seed's place.
+
+    /// `<base>/<session>.tar.gz`: where `archive` writes a session's archive by default.
+    pub fn archive_path(&self, session_id: &str) -> PathBuf {
+        self.path.join(format!("{session_id}{ARCHIVE_SUFFIX}"))
+    }
 }
+
+/// The file name suffix of session archives.
+pub const ARCHIVE_SUFFIX: &str = ".tar.gz";
 
 /// One session directory and the paths inside it.
 #[derive(Debug, Clone)]
@@ -192,7 +203,7 @@ impl SessionDir {
 
     /// `results/final-report.json`.
     pub fn final_report(&self) -> PathBuf {
-        self.root.join("results/final-report.json")
+        self.root.join("results").join(format!("{FINAL_REPORT_STEM}.json"))
     }
 
     /// `locks/`.
@@ -294,6 +305,22 @@ impl SessionDir {
         lock::acquire(name, &self.root.join("locks").join(format!("{name}.lock")), timeout)
     }
 
+    // --- results and report (aggregate) ---------------------------------------------------
+    // `results/` holds one `<agent>.json` per agent (written by the agents themselves) and
+    // `final-report.json` (written by aggregate); `state/results.json` is the aggregate view.
+
+    /// `state/results.json`: the aggregate `{by_agent, by_task, summary}` view.
+    pub fn results_view(&self) -> PathBuf {
+        self.state_file(RESULTS_KEY)
+    }
+
+    /// The agent a `results/` file name belongs to: `<agent>.json` with a valid agent id,
+    /// other than the report's own `final-report.json`. `None` for anything else.
+    pub fn result_file_agent(name: &str) -> Option<&str> {
+        let agent = name.strip_suffix(".json")?;
+        (agent != FINAL_REPORT_STEM && id::validate("agent", agent).is_ok()).then_some(agent)
+    }
+
     // ---- Mailboxes: messages/<agent>/ (see docs/layout.md, "messages/") ----------------
     //
     // messages/<agent>/
@@ -370,6 +397,13 @@ impl SessionDir {
         self.mailbox_tmp(agent).join(format!("{id}{REQUEUE_SUFFIX}"))
     }
 }
+
+/// The state key of the aggregate view `state/results.json`; aggregate writes it under
+/// this key's lock, so `state update results` and aggregate exclude each other.
+pub const RESULTS_KEY: &str = "results";
+
+/// `results/final-report.json`'s stem: no agent's results file can have this name.
+pub const FINAL_REPORT_STEM: &str = "final-report";
 
 /// The locks the tools take on their own files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

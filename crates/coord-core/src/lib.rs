@@ -4,10 +4,12 @@
 //! that directory: where each file lives ([`layout`]), what each record holds
 //! ([`record`]), how files are written and read ([`fsio`]), how locks are taken
 //! ([`lock`]), which ids are valid ([`id`]), and the operations the binaries expose
-//! ([`session`], [`registry`], [`state`], [`mailbox`]). The binaries are thin: parse arguments, call
+//! ([`session`], [`registry`], [`state`], [`mailbox`], [`task`], [`report`], [`archive`]). The binaries
+//! are thin: parse arguments, call
 //! in here, print through [`output`], exit through [`cli::run`].
 #![deny(missing_docs)]
 
+pub mod archive;
 pub mod cli;
 pub mod env;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod mailbox;
 pub mod output;
 pub mod record;
 pub mod registry;
+pub mod report;
 pub mod session;
 pub mod state;
 pub mod sys;

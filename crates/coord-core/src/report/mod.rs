@@ -1,0 +1,839 @@
+//! Result aggregation: `results/<agent>.json`, the registry and the task records become
+//! `state/results.json` (`{by_agent, by_task, summary}`) and `results/final-report.json`
+//! (`{session, results, performance, timestamp}` plus the per-agent table and errors).
+//!
+//! Aggregation never stops at a bad file: a result file that does not parse, or does not
+//! have the seed's shape, is listed under the report's `errors` with its parse position,
+//! and the report says it is incomplete. Everything is read in a fixed order (files by
+//! name), so two runs over the same session give the same report apart from `timestamp`.
+//! Rates are `null` when their denominator is zero: never NaN or Infinity.
+
+mod gates;
+mod render;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::error::{Error, IoContext, Result};
+use crate::fsio;
+use crate::layout::{RESULTS_KEY, SessionDir};
+use crate::record::{Agent, Session, status};
+use crate::registry;
+use crate::session;
+use crate::task;
+
+pub use gates::{Gate, GateGroup, check_gates};
+pub use render::{html, markdown};
+
+/// Exit code of `aggregate` when the report was written but is incomplete: some input
+/// file could not be read and is listed under the report's `errors`.
+pub const EXIT_INCOMPLETE: u8 = 4;
+
+/// The task fields the report itself reads (failures, timeline); every other field is
+/// only carried along in the entry's raw JSON.
+const READ_FIELDS: &[&str] = &[
+    "error",
+    "claimed_at",
+    "started_at",
+    "assigned_at",
+    "completed_at",
+    "finished_at",
+    "failed_at",
+    "attempt",
+    "attempts",
+];
+
+/// One task entry of a result file: the seed's `{id, status, ...}`.
+///
+/// It serializes as the entry was written, byte for byte (unknown fields and their order
+/// kept), without ever being rebuilt as a JSON tree: that is what keeps aggregating
+/// 100,000 tasks fast.
+#[derive(Debug, Clone)]
+pub struct TaskResult {
+    /// The task id.
+    pub id: String,
+    /// `completed`, `failed`, or any status the agent chose.
+    pub status: String,
+    /// The fields the report reads (`error`, `claimed_at`, `completed_at`, `attempt`...),
+    /// when present.
+    pub fields: Map<String, Value>,
+    raw: Box<RawValue>,
+}
+
+impl PartialEq for TaskResult {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+impl Serialize for TaskResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+/// One agent's `results/<agent>.json`: the seed's `{tasks: [...], execution_time}`.
+/// It serializes as the file was written.
+#[derive(Debug, Clone)]
+pub struct AgentResults {
+    /// The tasks the agent reports on.
+    pub tasks: Vec<TaskResult>,
+    /// Seconds the agent spent working (optional; missing counts as 0).
+    pub execution_time: Option<f64>,
+    raw: Box<RawValue>,
+}
+
+impl PartialEq for AgentResults {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw.get() == other.raw.get()
+    }
+}
+
+impl Serialize for AgentResults {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.raw.serialize(s)
+    }
+}
+
+/// The outer shape of a result file; unknown fields are skipped without being built.
+#[derive(Deserialize)]
+struct FileParts {
+    tasks: Vec<Box<RawValue>>,
+    #[serde(default)]
+    execution_time: Option<f64>,
+}
+
+/// A task's id, status and [`READ_FIELDS`]; every other field is skipped unbuilt.
+struct TaskHead {
+    id: String,
+    status: String,
+    fields: Map<String, Value>,
+}
+
+impl<'de> Deserialize<'de> for TaskHead {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = TaskHead;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a task object {\"id\": string, \"status\": string, ...}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<TaskHead, A::Error> {
+                let (mut id, mut status, mut fields) = (None, None, Map::new());
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "id" => id = Some(m.next_value::<String>()?),
+                        "status" => status = Some(m.next_value::<String>()?),
+                        key if READ_FIELDS.contains(&key) => {
+                            let v: Value = m.next_value()?;
+                            fields.insert(key.to_string(), v);
+                        }
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let id = id.ok_or_else(|| serde::de::Error::missing_field("id"))?;
+                let status = status.ok_or_else(|| serde::de::Error::missing_field("status"))?;
+                Ok(TaskHead { id, status, fields })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The whole file checked against the seed's shape in one pass, only to find the exact
+/// position of a shape error that the fast path saw inside one task.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct StrictFile {
+    tasks: Vec<TaskHead>,
+    #[serde(default)]
+    execution_time: Option<f64>,
+}
+
+/// Parses a result file's bytes (`path` names it in errors).
+pub fn parse_result_file(path: &Path, bytes: &[u8]) -> Result<AgentResults> {
+    let raw: Box<RawValue> = fsio::parse_json(path, bytes)?;
+    let parts: FileParts = fsio::parse_json(path, bytes)?;
+    let mut tasks = Vec::with_capacity(parts.tasks.len());
+    for task in parts.tasks {
+        let head: TaskHead = match serde_json::from_str(task.get()) {
+            Ok(h) => h,
+            Err(e) => {
+                // Re-read strictly for the position in the file, not in the entry.
+                return Err(match fsio::parse_json::<StrictFile>(path, bytes) {
+                    Err(strict) => strict,
+                    Ok(_) => Error::malformed(path, &e),
+                });
+            }
+        };
+        tasks.push(TaskResult { id: head.id, status: head.status, fields: head.fields, raw: task });
+    }
+    Ok(AgentResults { tasks, execution_time: parts.execution_time, raw })
+}
+
+/// An input that could not be used; the report is incomplete without it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportError {
+    /// The file, relative to the session directory (`results/w1.json`).
+    pub file: String,
+    /// 1-based line of a parse error, if the file did not parse.
+    pub line: Option<usize>,
+    /// 1-based column of a parse error, if the file did not parse.
+    pub column: Option<usize>,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The seed's `summary`, plus per-status counts and how many files were read.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Task entries across all result files (a task reported twice counts twice, as in the seed).
+    pub total_tasks: u64,
+    /// Entries with status `completed`.
+    pub completed_tasks: u64,
+    /// Entries with status `failed`.
+    pub failed_tasks: u64,
+    /// Sum of the agents' `execution_time`, in seconds.
+    pub total_time: f64,
+    /// Result files that were read.
+    pub agents_used: u64,
+    /// Entries per status, by status name.
+    pub by_status: BTreeMap<String, u64>,
+    /// Result files that could not be read (see the report's `errors`).
+    pub unreadable_files: u64,
+}
+
+/// The seed's `performance`. A rate whose denominator is zero is `null`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Performance {
+    /// Tasks per second of agent time: `total_tasks / total_time`.
+    pub throughput: Option<f64>,
+    /// Share of tasks completed: `completed_tasks / total_tasks`, from 0 to 1.
+    pub success_rate: Option<f64>,
+    /// Seconds per task: `total_time / total_tasks`.
+    pub average_time: Option<f64>,
+}
+
+/// One row of the per-agent table: the registration joined with the agent's results.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentRow {
+    /// The agent id.
+    pub id: String,
+    /// Type from the registry, if registered.
+    #[serde(rename = "type")]
+    pub agent_type: Option<String>,
+    /// Registry status (`active`, `terminated`, `failed`...), if registered.
+    pub status: Option<String>,
+    /// Whether `results/<agent>.json` was read.
+    pub has_results: bool,
+    /// Task entries in its result file.
+    pub tasks: u64,
+    /// Of which `completed`.
+    pub completed: u64,
+    /// Of which `failed`.
+    pub failed: u64,
+    /// Its `execution_time`, seconds.
+    pub execution_time: f64,
+}
+
+/// One bar of the timeline: a task on an agent's lane, from claim (or start) to its end.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Span {
+    /// The agent whose lane it is on.
+    pub agent: String,
+    /// The task id.
+    pub task: String,
+    /// 1 for the first try; higher for retries and requeues.
+    pub attempt: u64,
+    /// How it ended: `completed`, `failed`, `requeued`, `running`...
+    pub outcome: String,
+    /// Start, milliseconds since the Unix epoch.
+    pub start_ms: u64,
+    /// End, milliseconds since the Unix epoch (the start for a running task).
+    pub end_ms: u64,
+}
+
+/// Everything read from a session, in a fixed order. Built by [`collect`].
+#[derive(Debug, Clone)]
+pub struct Collected {
+    /// `session.json`.
+    pub session: Session,
+    /// Readable result files, by agent id, sorted.
+    pub by_agent: Vec<(String, AgentResults)>,
+    /// The registry (without heartbeat times, which change on their own).
+    pub agents: Vec<Agent>,
+    /// Inputs that could not be used, sorted by file.
+    pub errors: Vec<ReportError>,
+    /// Things worth knowing that do not make the report incomplete.
+    pub warnings: Vec<String>,
+    /// Timeline bars, by agent then start.
+    pub spans: Vec<Span>,
+    /// The task records (taskd), grouped by status.
+    pub tasks: Vec<task::Task>,
+}
+
+/// The task queue at report time: counts by status from the task records, plus retries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskCounts {
+    /// Counts by status and the seed's `operation_progress`.
+    #[serde(flatten)]
+    pub by_status: task::Progress,
+    /// Tasks claimed more than once.
+    pub retried: usize,
+    /// Failed attempts and requeues over all tasks.
+    pub requeues: usize,
+}
+
+/// `state/results.json`: the seed's `{by_agent, by_task, summary}`, borrowed from [`Collected`].
+#[derive(Debug, Serialize)]
+pub struct ResultsView<'a> {
+    /// Each agent's result file, as written (unknown fields kept).
+    pub by_agent: ByAgent<'a>,
+    /// Each task id's entry as written; when two agents report the same id, the later
+    /// agent (by id) wins, as in the seed, and a warning says so.
+    pub by_task: ByTask<'a>,
+    /// Totals.
+    pub summary: Summary,
+}
+
+/// Serializes `by_agent` as a JSON object without copying the results.
+#[derive(Debug)]
+pub struct ByAgent<'a>(&'a [(String, AgentResults)]);
+
+impl Serialize for ByAgent<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// Serializes `by_task` as a JSON object without copying the tasks.
+#[derive(Debug)]
+pub struct ByTask<'a>(Vec<(&'a str, &'a TaskResult)>);
+
+impl Serialize for ByTask<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+    }
+}
+
+/// `results/final-report.json`.
+#[derive(Debug, Serialize)]
+pub struct FinalReport<'a> {
+    /// `session.json` at the time of the report.
+    pub session: &'a Session,
+    /// The same `{by_agent, by_task, summary}` as `state/results.json`.
+    pub results: ResultsView<'a>,
+    /// Rates; `null` where undefined.
+    pub performance: Performance,
+    /// The per-agent table (registry joined with results), sorted by id.
+    pub agents: Vec<AgentRow>,
+    /// The task queue's records, counted.
+    pub tasks: TaskCounts,
+    /// Timeline bars (task claims and completions per agent).
+    pub timeline: &'a [Span],
+    /// Whether every input was read (`errors` is empty).
+    pub complete: bool,
+    /// Inputs that could not be used.
+    pub errors: &'a [ReportError],
+    /// Things worth knowing that do not make the report incomplete.
+    pub warnings: &'a [String],
+    /// When the report was made (RFC 3339 UTC); the only field that differs between runs.
+    pub timestamp: String,
+}
+
+impl Collected {
+    /// The `{by_agent, by_task, summary}` view.
+    pub fn results(&self) -> ResultsView<'_> {
+        let mut index: HashMap<&str, usize> =
+            HashMap::with_capacity(self.by_agent.iter().map(|(_, r)| r.tasks.len()).sum());
+        let mut by_task: Vec<(&str, &TaskResult)> = Vec::new();
+        for (_, results) in &self.by_agent {
+            for task in &results.tasks {
+                let entry = task;
+                match index.get(task.id.as_str()) {
+                    // The seed assigns by_task[id] per entry, so the last one wins.
+                    Some(&i) => by_task[i].1 = entry,
+                    None => {
+                        index.insert(&task.id, by_task.len());
+                        by_task.push((&task.id, entry));
+                    }
+                }
+            }
+        }
+        ResultsView { by_agent: ByAgent(&self.by_agent), by_task: ByTask(by_task), summary: self.summary() }
+    }
+
+    /// Totals over the readable result files.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            total_tasks: 0,
+            completed_tasks: 0,
+            failed_tasks: 0,
+            total_time: 0.0,
+            agents_used: self.by_agent.len() as u64,
+            by_status: BTreeMap::new(),
+            unreadable_files: self.errors.iter().filter(|e| e.file.starts_with("results/")).count() as u64,
+        };
+        for (_, r) in &self.by_agent {
+            s.total_tasks += r.tasks.len() as u64;
+            s.total_time += r.execution_time.unwrap_or(0.0);
+            for t in &r.tasks {
+                match s.by_status.get_mut(t.status.as_str()) {
+                    Some(n) => *n += 1,
+                    None => {
+                        s.by_status.insert(t.status.clone(), 1);
+                    }
+                }
+                match t.status.as_str() {
+                    "completed" => s.completed_tasks += 1,
+                    "failed" => s.failed_tasks += 1,
+                    _ => {}
+                }
+            }
+        }
+        if !s.total_time.is_finite() {
+            // Only reachable with absurd inputs (sums beyond 1e308); keep the report JSON.
+            s.total_time = f64::MAX;
+        }
+        s
+    }
+
+    /// The seed's rates, `null` where the denominator is zero.
+    pub fn performance(&self) -> Performance {
+        let s = self.summary();
+        performance(&s)
+    }
+
+    /// The per-agent table: every registered agent and every agent with a result file.
+    pub fn agent_rows(&self) -> Vec<AgentRow> {
+        let mut rows: BTreeMap<&str, AgentRow> = BTreeMap::new();
+        for a in &self.agents {
+            rows.insert(
+                &a.id,
+                AgentRow {
+                    id: a.id.clone(),
+                    agent_type: Some(a.agent_type.clone()),
+                    status: Some(a.status.clone()),
+                    has_results: false,
+                    tasks: 0,
+                    completed: 0,
+                    failed: 0,
+                    execution_time: 0.0,
+                },
+            );
+        }
+        for (agent, r) in &self.by_agent {
+            let row = rows.entry(agent).or_insert_with(|| AgentRow {
+                id: agent.clone(),
+                agent_type: None,
+                status: None,
+                has_results: false,
+                tasks: 0,
+                completed: 0,
+                failed: 0,
+                execution_time: 0.0,
+            });
+            row.has_results = true;
+            row.tasks = r.tasks.len() as u64;
+            row.completed = r.tasks.iter().filter(|t| t.status == "completed").count() as u64;
+            row.failed = r.tasks.iter().filter(|t| t.status == "failed").count() as u64;
+            row.execution_time = r.execution_time.unwrap_or(0.0);
+        }
+        rows.into_values().collect()
+    }
+
+    /// The final report, stamped with `timestamp`.
+    pub fn final_report(&self, timestamp: String) -> FinalReport<'_> {
+        let results = self.results();
+        let performance = performance(&results.summary);
+        FinalReport {
+            session: &self.session,
+            results,
+            performance,
+            agents: self.agent_rows(),
+            tasks: self.task_counts(),
+            timeline: &self.spans,
+            complete: self.errors.is_empty(),
+            errors: &self.errors,
+            warnings: &self.warnings,
+            timestamp,
+        }
+    }
+
+    /// The task records counted by status, with retries and requeues.
+    pub fn task_counts(&self) -> TaskCounts {
+        TaskCounts {
+            by_status: task::count(&self.tasks),
+            retried: self.tasks.iter().filter(|t| t.attempts > 1).count(),
+            requeues: self.tasks.iter().map(|t| t.errors.len()).sum(),
+        }
+    }
+
+    /// Whether every input was read.
+    pub fn complete(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// The seed's rates from a summary, with zero denominators giving `None`.
+pub fn performance(s: &Summary) -> Performance {
+    let total = s.total_tasks as f64;
+    Performance {
+        throughput: ratio(total, s.total_time),
+        success_rate: ratio(s.completed_tasks as f64, total),
+        average_time: ratio(s.total_time, total),
+    }
+}
+
+/// `a / b`, or `None` when `b` is zero (or the result is not a finite number).
+pub fn ratio(a: f64, b: f64) -> Option<f64> {
+    if b > 0.0 { Some(a / b).filter(|r| r.is_finite()) } else { None }
+}
+
+/// Reads everything the report needs. Only an unreadable `session.json` is fatal;
+/// every other bad input becomes an entry of `errors`.
+pub fn collect(dir: &SessionDir) -> Result<Collected> {
+    let session = session::read(dir)?;
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let agents = match registry::load(dir) {
+        Ok(a) => a,
+        Err(e) => {
+            errors.push(error_entry(dir, &dir.agents_json(), &e));
+            Vec::new()
+        }
+    };
+    let by_agent = read_result_files(dir, &mut errors)?;
+    let tasks = match task::list_all(dir) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(error_entry(dir, &dir.tasks_dir(), &e));
+            Vec::new()
+        }
+    };
+    let mut spans = spans_from_results(&by_agent);
+    spans.extend(spans_from_tasks(&tasks));
+    spans.sort_by(|a, b| (&a.agent, a.start_ms, &a.task, a.attempt).cmp(&(&b.agent, b.start_ms, &b.task, b.attempt)));
+    duplicate_warnings(&by_agent, &mut warnings);
+    errors.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks })
+}
+
+fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<Vec<(String, AgentResults)>> {
+    let results_dir = dir.results_dir();
+    let mut names = Vec::new();
+    let entries = match std::fs::read_dir(&results_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", &results_dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.ctx("list", &results_dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            errors.push(ReportError {
+                file: format!("results/{}", name.to_string_lossy()),
+                line: None,
+                column: None,
+                message: "file name is not UTF-8; result files are named <agent>.json".into(),
+            });
+            continue;
+        };
+        // Hidden files are temporaries of writers in progress; other files are not ours.
+        if name.starts_with('.') || !name.ends_with(".json") || name == "final-report.json" {
+            continue;
+        }
+        names.push(name.to_string());
+    }
+    names.sort();
+    // Parsing dominates; two halves in parallel, joined back in name order.
+    let read_all = |names: &[String]| -> Vec<std::result::Result<(String, AgentResults), ReportError>> {
+        names
+            .iter()
+            .map(|name| {
+                let Some(agent) = SessionDir::result_file_agent(name) else {
+                    return Err(ReportError {
+                        file: format!("results/{name}"),
+                        line: None,
+                        column: None,
+                        message:
+                            "file name is not <agent>.json with a valid agent id ([A-Za-z0-9][A-Za-z0-9._-]{0,127})"
+                                .into(),
+                    });
+                };
+                let path = results_dir.join(name);
+                read_result_file(&path).map(|r| (agent.to_string(), r)).map_err(|e| error_entry(dir, &path, &e))
+            })
+            .collect()
+    };
+    let (first, second) = names.split_at(names.len() / 2);
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(|| read_all(second));
+        let mine = read_all(first);
+        (mine, other.join())
+    });
+    let b = b.map_err(|_| Error::Failed("reading the result files failed unexpectedly".into()))?;
+    let mut out = Vec::with_capacity(names.len());
+    for r in a.into_iter().chain(b) {
+        match r {
+            Ok(x) => out.push(x),
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads and checks one result file. Symlinks are not followed: a result file is a
+/// regular file its agent wrote.
+pub fn read_result_file(path: &Path) -> Result<AgentResults> {
+    let meta = std::fs::symlink_metadata(path).ctx("inspect", path)?;
+    if !meta.is_file() {
+        return Err(Error::Failed("not a regular file (result files are never followed through links)".into()));
+    }
+    let bytes = std::fs::read(path).ctx("read", path)?;
+    let r = parse_result_file(path, &bytes)?;
+    if let Some(t) = r.execution_time
+        && !(t.is_finite() && t >= 0.0)
+    {
+        return Err(Error::Failed(format!("execution_time is {t}; it must be a number of seconds >= 0")));
+    }
+    Ok(r)
+}
+
+fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
+    let file = path.strip_prefix(dir.root()).unwrap_or(path).display().to_string();
+    match e {
+        Error::Malformed { line, column, message, .. } => {
+            ReportError { file, line: Some(*line), column: Some(*column), message: message.clone() }
+        }
+        other => ReportError { file, line: None, column: None, message: other.to_string() },
+    }
+}
+
+fn duplicate_warnings(by_agent: &[(String, AgentResults)], warnings: &mut Vec<String>) {
+    let mut first: HashMap<&str, &str> = HashMap::new();
+    let mut dups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (agent, r) in by_agent {
+        for t in &r.tasks {
+            match first.get(t.id.as_str()) {
+                None => {
+                    first.insert(&t.id, agent);
+                }
+                Some(&a) if a != agent.as_str() => {
+                    let agents = dups.entry(&t.id).or_insert_with(|| vec![a]);
+                    if agents.last() != Some(&agent.as_str()) {
+                        agents.push(agent);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    for (task, agents) in dups {
+        {
+            warnings.push(format!(
+                "task {task:?} is reported by agents {}; by_task keeps {:?}'s entry",
+                agents.join(", "),
+                agents.last().copied().unwrap_or_default()
+            ));
+        }
+    }
+}
+
+/// Timeline bars from result entries that carry their own times (`started_at` or
+/// `claimed_at`, and `completed_at`, `finished_at` or `failed_at`, RFC 3339).
+fn spans_from_results(by_agent: &[(String, AgentResults)]) -> Vec<Span> {
+    let time = |t: &TaskResult, keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| t.fields.get(*k)?.as_str().and_then(crate::time::parse_rfc3339))
+            .map(crate::time::unix_ms)
+    };
+    let mut spans = Vec::new();
+    for (agent, r) in by_agent {
+        for t in r.tasks.iter().filter(|t| !t.fields.is_empty()) {
+            let Some(start) = time(t, &["claimed_at", "started_at", "assigned_at"]) else { continue };
+            let end = time(t, &["completed_at", "finished_at", "failed_at"]).unwrap_or(start).max(start);
+            let attempt = ["attempt", "attempts"].iter().find_map(|k| t.fields.get(*k)?.as_u64()).unwrap_or(1).max(1);
+            spans.push(Span {
+                agent: agent.clone(),
+                task: t.id.clone(),
+                attempt,
+                outcome: t.status.clone(),
+                start_ms: start,
+                end_ms: end,
+            });
+        }
+    }
+    spans
+}
+
+/// Timeline bars from the task records: the last claim from `assigned_at` to its end,
+/// and each earlier attempt (a failure or requeue, whose start taskd does not keep) as a
+/// mark at the time it ended, on the lane of the agent that held it.
+fn spans_from_tasks(tasks: &[task::Task]) -> Vec<Span> {
+    let ms = |t: &Option<String>| t.as_deref().and_then(crate::time::parse_rfc3339).map(crate::time::unix_ms);
+    let mut spans = Vec::new();
+    for t in tasks {
+        let state = t.state();
+        let final_failed = matches!(state, Some(task::Status::Failed));
+        for e in &t.errors {
+            // The attempt that failed the task for good is drawn as the final bar below.
+            if final_failed && e.attempt == t.attempts {
+                continue;
+            }
+            let (Some(agent), Some(at)) = (&e.agent, ms(&Some(e.at.clone()))) else { continue };
+            spans.push(Span {
+                agent: agent.clone(),
+                task: t.id.clone(),
+                attempt: u64::from(e.attempt.max(1)),
+                outcome: "requeued".into(),
+                start_ms: at,
+                end_ms: at,
+            });
+        }
+        let (Some(agent), Some(start)) = (&t.assigned_to, ms(&t.assigned_at)) else { continue };
+        let (outcome, end) = match state {
+            Some(task::Status::Completed) => ("completed", ms(&t.completed_at)),
+            Some(task::Status::Failed) => ("failed", ms(&t.failed_at)),
+            Some(task::Status::Cancelled) => ("cancelled", ms(&t.failed_at)),
+            Some(task::Status::Claimed) => ("running", None),
+            // Back in the queue: the last claim was requeued (and is in `errors`).
+            _ => continue,
+        };
+        spans.push(Span {
+            agent: agent.clone(),
+            task: t.id.clone(),
+            attempt: u64::from(t.attempts.max(1)),
+            outcome: outcome.into(),
+            start_ms: start,
+            end_ms: end.unwrap_or(start).max(start),
+        });
+    }
+    spans
+}
+
+/// What [`aggregate`] did.
+#[derive(Debug)]
+pub struct Outcome {
+    /// What was read.
+    pub collected: Collected,
+    /// The report's timestamp.
+    pub timestamp: String,
+    /// Whether the files were written (a completed session is left as archived).
+    pub written: bool,
+}
+
+/// Collects the session's results and, unless the session is completed (archived, so
+/// its files must stay as they were archived), writes `state/results.json` (under the
+/// `results` key's lock) and `results/final-report.json`, and refreshes the seed's views
+/// of the task queue (`state/tasks.json`, `operation_progress` in `state/global.json`).
+pub fn aggregate(dir: &SessionDir, timeout: Duration) -> Result<Outcome> {
+    let collected = collect(dir)?;
+    let timestamp = crate::time::now_rfc3339();
+    let written = collected.session.status != status::SESSION_COMPLETED;
+    if written {
+        let report = collected.final_report(timestamp.clone());
+        // The two large files are independent: write them on two threads.
+        let (view_written, report_written) = std::thread::scope(|s| {
+            let view = s.spawn(|| -> Result<()> {
+                let _guard = dir.lock(RESULTS_KEY, timeout)?;
+                fsio::write_json_streamed(&dir.results_view(), &report.results)
+            });
+            let report = fsio::write_json_streamed(&dir.final_report(), &report);
+            (view.join(), report)
+        });
+        view_written.map_err(|_| Error::Failed("writing state/results.json failed unexpectedly".into()))??;
+        report_written?;
+        if !collected.tasks.is_empty() {
+            // The seed's views of the queue: state/tasks.json and operation_progress.
+            task::refresh_view(dir, &collected.tasks, timeout)?;
+            let progress = task::count(&collected.tasks).operation_progress;
+            crate::state::set(dir, "global", "/operation_progress", serde_json::json!(progress), timeout)?;
+        }
+    } else {
+        log::info!("session {} is completed: its files are left as archived, nothing is written", dir.id());
+    }
+    Ok(Outcome { collected, timestamp, written })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collected(files: &[(&str, &str)]) -> (tempfile::TempDir, Collected) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = crate::layout::Base::new(tmp.path().join("base"));
+        let dir = crate::session::init(&base, "t").expect("init");
+        for (name, text) in files {
+            std::fs::write(dir.results_dir().join(name), text).expect("plant");
+        }
+        let c = collect(&dir).expect("collect");
+        (tmp, c)
+    }
+
+    #[test]
+    fn zero_tasks_and_zero_time_give_null_rates() {
+        let (_t, c) = collected(&[]);
+        assert_eq!(c.performance(), Performance { throughput: None, success_rate: None, average_time: None });
+        let (_t, c) = collected(&[("a.json", r#"{"tasks": [], "execution_time": 0}"#)]);
+        let p = serde_json::to_value(c.performance()).expect("ser");
+        assert_eq!(p, serde_json::json!({"throughput": null, "success_rate": null, "average_time": null}));
+        let (_t, c) =
+            collected(&[("a.json", r#"{"tasks": [{"id": "t", "status": "completed"}], "execution_time": 0}"#)]);
+        assert_eq!(c.performance(), Performance { throughput: None, success_rate: Some(1.0), average_time: Some(0.0) });
+        let (_t, c) = collected(&[("a.json", r#"{"tasks": [], "execution_time": 5}"#)]);
+        assert_eq!(c.performance().throughput, Some(0.0));
+    }
+
+    #[test]
+    fn summary_follows_the_seed() {
+        let (_t, c) = collected(&[
+            (
+                "a.json",
+                r#"{"tasks": [{"id": "t1", "status": "completed"}, {"id": "t2", "status": "failed", "error": "boom"}], "execution_time": 3}"#,
+            ),
+            (
+                "b.json",
+                r#"{"tasks": [{"id": "t3", "status": "completed"}, {"id": "t1", "status": "skipped"}], "execution_time": 1, "note": "x"}"#,
+            ),
+        ]);
+        let s = c.summary();
+        assert_eq!((s.total_tasks, s.completed_tasks, s.failed_tasks, s.agents_used), (4, 2, 1, 2));
+        assert_eq!(s.total_time, 4.0);
+        assert_eq!(s.by_status.get("skipped"), Some(&1));
+        let p = c.performance();
+        assert_eq!((p.throughput, p.success_rate, p.average_time), (Some(1.0), Some(0.5), Some(1.0)));
+        let v = serde_json::to_value(c.results()).expect("ser");
+        assert_eq!(v["by_task"]["t1"]["status"], "skipped", "the later agent wins, as in the seed");
+        assert_eq!(v["by_task"]["t2"]["error"], "boom");
+        assert_eq!(v["by_agent"]["b"]["note"], "x");
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn bad_files_are_listed_with_positions_and_the_rest_is_kept() {
+        let (_t, c) = collected(&[
+            ("good.json", r#"{"tasks": [{"id": "t1", "status": "completed"}], "execution_time": 1}"#),
+            ("broken.json", "{\n  \"tasks\": [\n    {\"id\": \"t2\",,}\n"),
+            ("shape.json", "{\"tasks\": [{\"id\": \"t3\"}]}"),
+            ("neg.json", r#"{"tasks": [], "execution_time": -1}"#),
+            ("bad name.json", "{}"),
+            ("notes.txt", "ignored"),
+        ]);
+        assert_eq!(c.by_agent.len(), 1);
+        let files: Vec<_> = c.errors.iter().map(|e| e.file.as_str()).collect();
+        assert_eq!(files, ["results/bad name.json", "results/broken.json", "results/neg.json", "results/shape.json"]);
+        let broken = &c.errors[1];
+        assert_eq!((broken.line, broken.column), (Some(3), Some(17)));
+        assert!(c.errors[3].message.contains("status"), "{:?}", c.errors[3]);
+        assert!(!c.complete());
+        assert_eq!(c.summary().unreadable_files, 4);
+    }
+}
