@@ -215,6 +215,16 @@ impl SessionDir {
         self.root.join("metrics/events.jsonl")
     }
 
+    /// `metrics/resources.jsonl`: resource samples of live local agents.
+    pub fn resources_file(&self) -> PathBuf {
+        self.root.join("metrics/resources.jsonl")
+    }
+
+    /// The lock file of one of the tools' own locks.
+    pub fn tool_lock_file(&self, which: ToolLock) -> PathBuf {
+        self.root.join("locks").join(format!("{}.lock", which.name()))
+    }
+
     /// Takes the user-named lock `name` (an id), waiting at most `timeout`.
     ///
     /// `state update KEY` takes the lock named `KEY`, so `state lock KEY -- ...` excludes it.
@@ -226,8 +236,7 @@ impl SessionDir {
     /// Takes one of the tools' own locks. Their files start with `_`, which no id can,
     /// so they never collide with a user's lock names.
     pub fn tool_lock(&self, which: ToolLock, timeout: std::time::Duration) -> Result<LockGuard> {
-        let name = which.name();
-        lock::acquire(name, &self.root.join("locks").join(format!("{name}.lock")), timeout)
+        lock::acquire(which.name(), &self.tool_lock_file(which), timeout)
     }
 }
 
@@ -238,6 +247,8 @@ pub enum ToolLock {
     Registry,
     /// Serializes changes to `session.json`.
     Session,
+    /// Held for its whole life by the one health monitor of a session.
+    Healthmon,
 }
 
 impl ToolLock {
@@ -246,6 +257,7 @@ impl ToolLock {
         match self {
             ToolLock::Registry => "_registry",
             ToolLock::Session => "_session",
+            ToolLock::Healthmon => "_healthmon",
         }
     }
 }
