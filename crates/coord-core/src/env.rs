@@ -11,6 +11,10 @@ pub const HOST: &str = "COORD_HOST";
 /// Default bound on lock waits, in seconds (`--lock-timeout`).
 pub const LOCK_TIMEOUT: &str = "COORD_LOCK_TIMEOUT";
 
+/// Milliseconds between mailbox checks for `msgq recv --wait` and `msgq watch` instead
+/// of inotify (network filesystems, where other hosts' writes raise no inotify events).
+pub const POLL_MS: &str = "COORD_POLL_MS";
+
 /// The base directory used when neither `--base` nor `COORD_BASE` is given.
 pub const DEFAULT_BASE: &str = "/tmp/claude-agents";
 /// Default bound on lock waits, in seconds.

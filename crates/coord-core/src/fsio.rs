@@ -7,7 +7,8 @@
 //! rename and the directory after it, so the rename also survives power loss.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -113,6 +114,101 @@ pub fn ensure_dir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).ctx("create directory", path)
 }
 
+/// Writes `bytes` to a new hidden temporary file (`.<random>.tmp`) in `tmp_dir` and
+/// returns its path. With `COORD_FSYNC=1` the file is fsynced.
+///
+/// The caller publishes it with [`rename_noclobber`] or [`link_noclobber`] and removes
+/// whatever is left; a temporary file is never visible under a name readers look at.
+pub fn write_temp_in(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+    let (mut file, path) = tempfile::Builder::new()
+        .prefix(".")
+        .suffix(".tmp")
+        .tempfile_in(tmp_dir)
+        .ctx("create a temporary file in", tmp_dir)?
+        .keep()
+        .map_err(|e| Error::io("keep temporary file in", tmp_dir, e.error))?;
+    let written = file
+        .write_all(bytes)
+        .ctx("write", &path)
+        .and_then(|()| if env::fsync_requested() { file.sync_all().ctx("fsync", &path) } else { Ok(()) });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Renames `from` to `to` unless `to` exists; `Ok(false)` if it does (nothing moved).
+///
+/// Uses `renameat2(RENAME_NOREPLACE)`; on filesystems without it (NFS, older kernels)
+/// falls back to `link` + `unlink`, which is just as exclusive. Missing parent
+/// directories of `to` are created, retrying if a concurrent cleaner removes an empty
+/// one in between. With `COORD_FSYNC=1` the target directory is fsynced.
+pub fn rename_noclobber(from: &Path, to: &Path) -> Result<bool> {
+    with_parents(from, to, "rename", |from, to| {
+        if !NOREPLACE_UNSUPPORTED.load(Ordering::Relaxed) {
+            match renameat2_noreplace(from, to) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) => {
+                    NOREPLACE_UNSUPPORTED.store(true, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+        std::fs::hard_link(from, to)?;
+        std::fs::remove_file(from)
+    })
+}
+
+/// Hard-links `from` at `to` unless `to` exists; `Ok(false)` if it does. Missing parent
+/// directories of `to` are created as in [`rename_noclobber`].
+pub fn link_noclobber(from: &Path, to: &Path) -> Result<bool> {
+    with_parents(from, to, "link", |from, to| std::fs::hard_link(from, to))
+}
+
+static NOREPLACE_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+fn renameat2_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))
+    };
+    let (f, t) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
+fn with_parents<F>(from: &Path, to: &Path, op: &'static str, mut place: F) -> Result<bool>
+where
+    F: FnMut(&Path, &Path) -> std::io::Result<()>,
+{
+    const ATTEMPTS: usize = 32;
+    for _ in 0..ATTEMPTS {
+        match place(from, to) {
+            Ok(()) => {
+                sync_parent(to)?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(from).is_ok() => {
+                match std::fs::create_dir_all(parent(to)) {
+                    Ok(()) => {}
+                    // A cleaner removed a parent while we created the next level: try again.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io("create directory", parent(to), e)),
+                }
+            }
+            Err(e) => return Err(Error::io(op, to, e)),
+        }
+    }
+    Err(Error::Failed(format!(
+        "could not {op} {} into {}: its directory kept disappearing ({ATTEMPTS} attempts)",
+        from.display(),
+        to.display()
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +245,22 @@ mod tests {
         assert!(!create_atomic(&p, b"second").expect("second create"));
         assert_eq!(std::fs::read(&p).expect("read"), b"first");
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn noclobber_moves_create_parents_and_never_replace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = write_temp_in(dir.path(), b"one").expect("temp");
+        let target = dir.path().join("x/y/z.json");
+        assert!(rename_noclobber(&a, &target).expect("rename"));
+        assert!(!a.exists());
+        let b = write_temp_in(dir.path(), b"two").expect("temp");
+        assert!(!rename_noclobber(&b, &target).expect("second rename"));
+        assert!(b.exists(), "a refused rename leaves the source");
+        assert!(!link_noclobber(&b, &target).expect("link onto existing"));
+        assert!(link_noclobber(&b, &dir.path().join("w/z.json")).expect("link"));
+        assert_eq!(std::fs::read(&target).expect("read"), b"one");
+        let gone = dir.path().join("gone");
+        assert!(rename_noclobber(&gone, &dir.path().join("q/r")).is_err());
     }
 }

@@ -238,6 +238,82 @@ impl SessionDir {
     pub fn tool_lock(&self, which: ToolLock, timeout: std::time::Duration) -> Result<LockGuard> {
         lock::acquire(which.name(), &self.tool_lock_file(which), timeout)
     }
+
+    // ---- Mailboxes: messages/<agent>/ (see docs/layout.md, "messages/") ----------------
+    //
+    // messages/<agent>/
+    //   tmp/    writers' hidden temporary files; requeue's `<id>.requeue` hand-over files
+    //   new/<prio>/<t0>/<t1>/<t2>/<t3>/<id>.json   queued; names sort in delivery order
+    //   cur/<id>.json    claimed by a receiver, in flight until acked or requeued
+    //   done/<id>.json   acknowledged (the archive keeps them)
+    //   dead/<id>.json   dead letters, with `dead_reason`
+    //   bad/<stamp>-<name>  unparsable or misplaced files moved aside by a receiver
+    //
+    // The queue is sharded so a receiver lists only small directories: by priority, then
+    // by the send time in milliseconds split into a 32-bit head (t0, ~4.6 h per value) and
+    // three 8-bit levels (t1 ~65 s, t2 256 ms, t3 1 ms).
+
+    /// `messages/<agent>/tmp/`: where message files are written before they are published.
+    pub fn mailbox_tmp(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("tmp")
+    }
+
+    /// `messages/<agent>/new/`: the queue (sharded, see [`SessionDir::queued_message`]).
+    pub fn mailbox_new(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("new")
+    }
+
+    /// `messages/<agent>/cur/`: messages in flight.
+    pub fn mailbox_cur(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("cur")
+    }
+
+    /// `messages/<agent>/done/`: acknowledged messages.
+    pub fn mailbox_done(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("done")
+    }
+
+    /// `messages/<agent>/dead/`: dead letters.
+    pub fn mailbox_dead(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("dead")
+    }
+
+    /// `messages/<agent>/bad/`: files a receiver could not use, moved aside.
+    pub fn mailbox_bad(&self, agent: &str) -> PathBuf {
+        self.mailbox_dir(agent).join("bad")
+    }
+
+    /// `messages/<agent>/new/<prio>/<t0>/<t1>/<t2>/<t3>/<id>.json` for a message of
+    /// `priority` sent at `sent_ms` (Unix milliseconds).
+    pub fn queued_message(&self, agent: &str, priority: i64, sent_ms: u64, id: &str) -> PathBuf {
+        let mut p = self.mailbox_new(agent);
+        p.push(queue_shard::priority(priority));
+        for part in queue_shard::time(sent_ms) {
+            p.push(part);
+        }
+        p.push(message_file_name(id));
+        p
+    }
+
+    /// `messages/<agent>/cur/<id>.json`.
+    pub fn in_flight_message(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_cur(agent).join(message_file_name(id))
+    }
+
+    /// `messages/<agent>/done/<id>.json`.
+    pub fn acked_message(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_done(agent).join(message_file_name(id))
+    }
+
+    /// `messages/<agent>/dead/<id>.json`.
+    pub fn dead_message(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_dead(agent).join(message_file_name(id))
+    }
+
+    /// `messages/<agent>/tmp/<id>.requeue`: a message being moved back to the queue.
+    pub fn requeue_handover(&self, agent: &str, id: &str) -> PathBuf {
+        self.mailbox_tmp(agent).join(format!("{id}{REQUEUE_SUFFIX}"))
+    }
 }
 
 /// The locks the tools take on their own files.
@@ -249,6 +325,8 @@ pub enum ToolLock {
     Session,
     /// Held for its whole life by the one health monitor of a session.
     Healthmon,
+    /// Serializes `msgq requeue` (and healthmon's requeue) of in-flight messages.
+    Mailbox,
 }
 
 impl ToolLock {
@@ -258,6 +336,72 @@ impl ToolLock {
             ToolLock::Registry => "_registry",
             ToolLock::Session => "_session",
             ToolLock::Healthmon => "_healthmon",
+            ToolLock::Mailbox => "_mailbox",
+        }
+    }
+}
+
+/// The file name of message `id` in a mailbox directory.
+pub fn message_file_name(id: &str) -> String {
+    format!("{id}.json")
+}
+
+/// Suffix of requeue hand-over files in a mailbox's `tmp/`.
+pub const REQUEUE_SUFFIX: &str = ".requeue";
+
+/// Names of the queue's shard directories, `new/<prio>/<t0>/<t1>/<t2>/<t3>/`.
+///
+/// Each name is fixed-width lowercase hex, so sorting names sorts delivery order:
+/// higher priority first, then earlier send time.
+pub mod queue_shard {
+    /// Directory levels between `new/` and the message files.
+    pub const DEPTH: usize = 5;
+
+    /// The priority level's name: `i64::MAX - priority` as 16 hex digits, so that a
+    /// higher priority sorts first.
+    pub fn priority(priority: i64) -> String {
+        let key = (i128::from(i64::MAX) - i128::from(priority)) as u64;
+        format!("{key:016x}")
+    }
+
+    /// The four time levels for a send time in Unix milliseconds.
+    pub fn time(ms: u64) -> [String; 4] {
+        [
+            format!("{:08x}", ms >> 24),
+            format!("{:02x}", (ms >> 16) & 0xff),
+            format!("{:02x}", (ms >> 8) & 0xff),
+            format!("{:02x}", ms & 0xff),
+        ]
+    }
+
+    /// Whether `name` is a valid directory name at `level` (0 = priority, 1..=4 = time).
+    pub fn is_valid(level: usize, name: &str) -> bool {
+        let width = match level {
+            0 => 16,
+            1 => 8,
+            2..=4 => 2,
+            _ => return false,
+        };
+        name.len() == width && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn shard_names_sort_in_delivery_order() {
+            assert!(priority(10) < priority(0) && priority(0) < priority(-10));
+            assert!(priority(i64::MAX) < priority(i64::MIN));
+            assert!(is_valid(0, &priority(i64::MIN)) && is_valid(0, &priority(i64::MAX)));
+            let (a, b) = (time(1_767_225_600_123), time(1_767_225_600_124));
+            assert!(a < b);
+            for (level, part) in a.iter().enumerate() {
+                assert!(is_valid(level + 1, part), "{part}");
+            }
+            assert!(!is_valid(1, "zzzzzzzz") && !is_valid(2, "0") && !is_valid(5, "00"));
+            // Milliseconds from 1970 to well past 2100 keep the head's fixed width.
+            assert_eq!(time(u64::from(u32::MAX) << 24)[0].len(), 8);
         }
     }
 }

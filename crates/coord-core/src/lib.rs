@@ -4,7 +4,7 @@
 //! that directory: where each file lives ([`layout`]), what each record holds
 //! ([`record`]), how files are written and read ([`fsio`]), how locks are taken
 //! ([`lock`]), which ids are valid ([`id`]), and the operations the binaries expose
-//! ([`session`], [`registry`], [`state`]). The binaries are thin: parse arguments, call
+//! ([`session`], [`registry`], [`state`], [`mailbox`]). The binaries are thin: parse arguments, call
 //! in here, print through [`output`], exit through [`cli::run`].
 #![deny(missing_docs)]
 
@@ -16,6 +16,7 @@ pub mod health;
 pub mod id;
 pub mod layout;
 pub mod lock;
+pub mod mailbox;
 pub mod output;
 pub mod record;
 pub mod registry;

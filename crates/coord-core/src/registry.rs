@@ -143,6 +143,8 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
         touch_heartbeat(dir, &req.id, Some(registered))?;
         fsio::write_json(&dir.agents_json(), &agents)?;
     }
+    // The seed's "message queues ready": a registered agent can be sent to at once.
+    crate::mailbox::ensure_mailbox(dir, &req.id)?;
     // Lock order is always registry, then session; here the registry lock is already
     // released, which is also fine: the session's agent list only ever grows.
     session::update(dir, timeout, |s| {
