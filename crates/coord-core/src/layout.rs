@@ -225,6 +225,70 @@ impl SessionDir {
         self.root.join("locks").join(format!("{}.lock", which.name()))
     }
 
+    // ---- Task store (`tasks/`; see docs/layout.md, section `tasks/`) ----
+    //
+    // A task's record lives in exactly one status directory at a time; a status change
+    // is a rename between them. Pending tasks are indexed by route, priority and
+    // submission sequence so a claimer lists only one small bucket.
+
+    /// `tasks/ids/<task>.json`: the immutable locator written once at submit (reserves the id).
+    pub fn task_id_file(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/ids").join(format!("{task}.json"))
+    }
+
+    /// `tasks/pending/`: ready tasks, as `<route>/<priority-key>/<chunk>/<seq>.<task>.json`.
+    pub fn tasks_pending_dir(&self) -> PathBuf {
+        self.root.join("tasks/pending")
+    }
+
+    /// `tasks/<status>/` for the unindexed statuses (`blocked`, `claimed`, `done`,
+    /// `failed`, `cancelled`).
+    pub fn tasks_status_dir(&self, status_dir: &str) -> PathBuf {
+        self.root.join("tasks").join(status_dir)
+    }
+
+    /// `tasks/<status>/<task>.json` for the unindexed statuses.
+    pub fn task_file(&self, status_dir: &str, task: &str) -> PathBuf {
+        self.root.join("tasks").join(status_dir).join(format!("{task}.json"))
+    }
+
+    /// `tasks/dependents/<task>/`: one empty file per task that waits for `task`.
+    pub fn task_dependents_dir(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/dependents").join(task)
+    }
+
+    /// `tasks/locks/<task>.lock`: serializes the transitions of one live task; removed
+    /// once the task is final.
+    pub fn task_lock_file(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/locks").join(format!("{task}.lock"))
+    }
+
+    /// `tasks/garbage/`: files found in the task store that are not task records.
+    pub fn tasks_garbage_dir(&self) -> PathBuf {
+        self.root.join("tasks/garbage")
+    }
+
+    /// `tasks/seq`: the next submission sequence number (changed under [`ToolLock::TaskSeq`]).
+    pub fn task_seq_file(&self) -> PathBuf {
+        self.root.join("tasks/seq")
+    }
+
+    /// `tasks/round_robin.json`: the round-robin cursor (changed under [`ToolLock::TaskAssign`]).
+    pub fn task_cursor_file(&self) -> PathBuf {
+        self.root.join("tasks/round_robin.json")
+    }
+
+    /// `tasks/.pending.bell`: its mtime is touched whenever a task becomes claimable, so
+    /// waiters block on inotify instead of polling.
+    pub fn task_pending_bell(&self) -> PathBuf {
+        self.root.join("tasks/.pending.bell")
+    }
+
+    /// `tasks/.finished.bell`: touched whenever a task reaches a final status or is released.
+    pub fn task_finished_bell(&self) -> PathBuf {
+        self.root.join("tasks/.finished.bell")
+    }
+
     /// Takes the user-named lock `name` (an id), waiting at most `timeout`.
     ///
     /// `state update KEY` takes the lock named `KEY`, so `state lock KEY -- ...` excludes it.
@@ -325,6 +389,12 @@ pub enum ToolLock {
     Session,
     /// Held for its whole life by the one health monitor of a session.
     Healthmon,
+    /// Serializes the allocation of task submission sequence numbers (`tasks/seq`).
+    TaskSeq,
+    /// Serializes push assignment passes (`taskd assign`/`run`) and the round-robin cursor.
+    TaskAssign,
+    /// Serializes appends to `results/<agent>.json`.
+    Results,
     /// Serializes `msgq requeue` (and healthmon's requeue) of in-flight messages.
     Mailbox,
 }
@@ -336,6 +406,9 @@ impl ToolLock {
             ToolLock::Registry => "_registry",
             ToolLock::Session => "_session",
             ToolLock::Healthmon => "_healthmon",
+            ToolLock::TaskSeq => "_task_seq",
+            ToolLock::TaskAssign => "_task_assign",
+            ToolLock::Results => "_results",
             ToolLock::Mailbox => "_mailbox",
         }
     }

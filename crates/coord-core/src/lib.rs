@@ -23,6 +23,7 @@ pub mod registry;
 pub mod session;
 pub mod state;
 pub mod sys;
+pub mod task;
 pub mod time;
 
 pub use error::{Error, Result};

@@ -1,0 +1,346 @@
+//! The pending index: `tasks/pending/<route>/<priority-key>/<chunk>/<seq>.<id>.json`.
+//!
+//! A route is the pair (required agent type, required capabilities), so every task in a
+//! route can be taken by exactly the same agents. The priority key sorts highest priority
+//! first; chunks group 512 consecutive submission numbers. Finding the best task of a
+//! route lists the route (a few priorities), the best priority (the chunks) and the first
+//! chunk (at most 512 names): the cost does not grow with the number of pending tasks
+//! beyond the chunk listing. Empty chunk and priority directories are removed by the
+//! claimer that empties them; writers re-create them (and retry) as needed.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::layout::SessionDir;
+
+/// Submission numbers per chunk directory.
+pub const CHUNK: u64 = 512;
+
+/// Separates the type from the capabilities in a route name; ids never contain it.
+const ROUTE_SEP: char = '+';
+/// Stands for "any type" in a route name.
+const ANY_TYPE: &str = "~";
+/// Longest route name (file names are at most 255 bytes).
+const MAX_ROUTE_LEN: usize = 240;
+
+/// The (type, capabilities) a task requires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Required agent type.
+    pub agent_type: Option<String>,
+    /// Required capabilities, sorted and deduplicated.
+    pub capabilities: Vec<String>,
+}
+
+impl Route {
+    /// The route of a task requiring `agent_type` and `capabilities`.
+    pub fn new(agent_type: Option<&str>, capabilities: &[String]) -> Route {
+        let mut caps = capabilities.to_vec();
+        caps.sort();
+        caps.dedup();
+        Route { agent_type: agent_type.map(str::to_string), capabilities: caps }
+    }
+
+    /// The directory name, `<type or ~>+<cap>,<cap>`.
+    pub fn dir_name(&self) -> Result<String> {
+        let name = format!(
+            "{}{ROUTE_SEP}{}",
+            self.agent_type.as_deref().unwrap_or(ANY_TYPE),
+            self.capabilities.join(",")
+        );
+        if name.len() > MAX_ROUTE_LEN {
+            return Err(Error::Usage(format!(
+                "the task's type and capabilities are too long together ({} bytes, at most {MAX_ROUTE_LEN})",
+                name.len()
+            )));
+        }
+        Ok(name)
+    }
+
+    /// Parses a route directory name.
+    pub fn parse(name: &str) -> Option<Route> {
+        let (t, caps) = name.split_once(ROUTE_SEP)?;
+        let agent_type = if t == ANY_TYPE { None } else { Some(crate::id::validate("agent type", t).ok()?.to_string()) };
+        let capabilities: Vec<String> =
+            if caps.is_empty() { Vec::new() } else { caps.split(',').map(str::to_string).collect() };
+        if capabilities.iter().any(|c| crate::id::validate("capability", c).is_err()) {
+            return None;
+        }
+        Some(Route { agent_type, capabilities })
+    }
+
+    /// Whether an agent of `agent_type` with `capabilities` may take tasks of this route.
+    pub fn admits(&self, agent_type: &str, capabilities: &[String]) -> bool {
+        self.agent_type.as_deref().is_none_or(|t| t == agent_type)
+            && self.capabilities.iter().all(|c| capabilities.contains(c))
+    }
+}
+
+/// The priority directory name: sorts ascending as priority descends.
+pub fn priority_key(priority: i64) -> String {
+    let key = (i64::MAX as i128 - priority as i128) as u64;
+    format!("{key:020}")
+}
+
+fn parse_priority_key(name: &str) -> Option<i64> {
+    if name.len() != 20 {
+        return None;
+    }
+    let key: u64 = name.parse().ok()?;
+    i64::try_from(i64::MAX as i128 - key as i128).ok()
+}
+
+/// The path of a pending record, relative to `tasks/pending/`.
+pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<String> {
+    Ok(format!("{}/{}/{:012}/{seq:016}.{id}.json", route.dir_name()?, priority_key(priority), seq / CHUNK))
+}
+
+/// One pending record found by a scan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    /// Sorts by priority key (highest priority first), then submission number.
+    pub key: (String, u64),
+    /// The task id.
+    pub id: String,
+    /// The record's path.
+    pub path: PathBuf,
+}
+
+fn parse_entry(name: &str) -> Option<(u64, String)> {
+    let stem = name.strip_suffix(".json")?;
+    let (seq, id) = stem.split_once('.')?;
+    if seq.len() != 16 {
+        return None;
+    }
+    let seq = seq.parse().ok()?;
+    crate::id::validate("task", id).ok()?;
+    Some((seq, id.to_string()))
+}
+
+/// Walks one route's pending records in order, listing one chunk at a time.
+#[derive(Debug)]
+pub struct RouteCursor {
+    /// The route.
+    pub route: Route,
+    root: PathBuf,
+    garbage: PathBuf,
+    priorities: Vec<String>,
+    chunks: Vec<String>,
+    entries: Vec<Entry>,
+    next: usize,
+}
+
+impl RouteCursor {
+    fn new(dir: &SessionDir, route: Route, root: PathBuf) -> Result<RouteCursor> {
+        let mut priorities = list_names(&root)?;
+        priorities.retain(|p| {
+            let ok = parse_priority_key(p).is_some();
+            if !ok {
+                set_aside(&dir.tasks_garbage_dir(), &root.join(p));
+            }
+            ok
+        });
+        priorities.sort_by(|a, b| b.cmp(a)); // popped from the end: smallest key first
+        Ok(RouteCursor {
+            route,
+            root,
+            garbage: dir.tasks_garbage_dir(),
+            priorities,
+            chunks: Vec::new(),
+            entries: Vec::new(),
+            next: 0,
+        })
+    }
+
+    /// The next record in order, without taking it.
+    pub fn peek(&mut self) -> Result<Option<&Entry>> {
+        while self.next >= self.entries.len() {
+            if !self.load_next_chunk()? {
+                return Ok(None);
+            }
+        }
+        Ok(self.entries.get(self.next))
+    }
+
+    /// Moves past the current record.
+    pub fn advance(&mut self) {
+        self.next += 1;
+    }
+
+    fn load_next_chunk(&mut self) -> Result<bool> {
+        loop {
+            if self.chunks.is_empty() {
+                let Some(prio) = self.priorities.pop() else { return Ok(false) };
+                let pdir = self.root.join(&prio);
+                let mut chunks = list_names(&pdir)?;
+                chunks.retain(|c| {
+                    let ok = c.len() == 12 && c.bytes().all(|b| b.is_ascii_digit());
+                    if !ok {
+                        set_aside(&self.garbage, &pdir.join(c));
+                    }
+                    ok
+                });
+                if chunks.is_empty() {
+                    let _ = std::fs::remove_dir(&pdir);
+                    continue;
+                }
+                chunks.sort_by(|a, b| b.cmp(a));
+                self.chunks = chunks.into_iter().map(|c| format!("{prio}/{c}")).collect();
+            }
+            let Some(chunk) = self.chunks.pop() else { continue };
+            let cdir = self.root.join(&chunk);
+            let prio = chunk.split('/').next().unwrap_or_default().to_string();
+            let mut entries = Vec::new();
+            for name in list_names(&cdir)? {
+                match parse_entry(&name) {
+                    Some((seq, id)) => entries.push(Entry { key: (prio.clone(), seq), id, path: cdir.join(&name) }),
+                    None => set_aside(&self.garbage, &cdir.join(&name)),
+                }
+            }
+            if entries.is_empty() {
+                // Another writer may be about to use it; it re-creates the directory.
+                let _ = std::fs::remove_dir(&cdir);
+                if self.chunks.is_empty() {
+                    let _ = std::fs::remove_dir(cdir.parent().unwrap_or(&cdir));
+                }
+                continue;
+            }
+            entries.sort();
+            self.entries = entries;
+            self.next = 0;
+            return Ok(true);
+        }
+    }
+}
+
+/// A merged walk over several routes, in global order (priority, then submission).
+#[derive(Debug)]
+pub struct PendingScan {
+    cursors: Vec<RouteCursor>,
+}
+
+impl PendingScan {
+    /// Opens a walk over every route for which `admit` says yes.
+    pub fn open(dir: &SessionDir, mut admit: impl FnMut(&Route) -> bool) -> Result<PendingScan> {
+        let root = dir.tasks_pending_dir();
+        let mut cursors = Vec::new();
+        for name in list_names(&root)? {
+            let Some(route) = Route::parse(&name) else {
+                set_aside(&dir.tasks_garbage_dir(), &root.join(&name));
+                continue;
+            };
+            if admit(&route) {
+                cursors.push(RouteCursor::new(dir, route, root.join(&name))?);
+            }
+        }
+        Ok(PendingScan { cursors })
+    }
+
+    /// The next record in global order and the index of its route cursor.
+    pub fn peek(&mut self) -> Result<Option<(usize, Entry)>> {
+        let mut best: Option<(usize, Entry)> = None;
+        for (i, c) in self.cursors.iter_mut().enumerate() {
+            if let Some(e) = c.peek()?
+                && best.as_ref().is_none_or(|(_, b)| e.key < b.key)
+            {
+                best = Some((i, e.clone()));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Moves the cursor `i` past its current record.
+    pub fn advance(&mut self, i: usize) {
+        if let Some(c) = self.cursors.get_mut(i) {
+            c.advance();
+        }
+    }
+
+    /// Drops the cursor `i` (its route needs no more looking at in this walk).
+    pub fn skip_route(&mut self, i: usize) {
+        if let Some(c) = self.cursors.get_mut(i) {
+            c.priorities.clear();
+            c.chunks.clear();
+            c.entries.clear();
+            c.next = 0;
+        }
+    }
+
+    /// The route of cursor `i`.
+    pub fn route(&self, i: usize) -> Option<&Route> {
+        self.cursors.get(i).map(|c| &c.route)
+    }
+}
+
+/// Visible names in `dir` (dotfiles are writers' temporaries); a missing dir is empty.
+pub fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", dir, e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("list", dir, e))?;
+        match entry.file_name().into_string() {
+            Ok(n) if n.starts_with('.') => {}
+            Ok(n) => names.push(n),
+            Err(_) => log::warn!("ignoring a non-UTF-8 name in {}", dir.display()),
+        }
+    }
+    Ok(names)
+}
+
+/// Moves a file that is not a task record out of the store, with a warning. The queue
+/// keeps going whatever happens here.
+pub fn set_aside(garbage: &Path, path: &Path) {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let target = garbage.join(format!("{}.{}.{name}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id()));
+    let _ = std::fs::create_dir_all(garbage);
+    match std::fs::rename(path, &target) {
+        Ok(()) => log::warn!("moved {} aside to {}: it is not a task record", path.display(), target.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("{} is not a task record and could not be moved aside: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priority_keys_sort_highest_first_and_round_trip() {
+        let ps = [i64::MIN, -5, 0, 1, 7, i64::MAX];
+        let mut keys: Vec<String> = ps.iter().map(|&p| priority_key(p)).collect();
+        for (p, k) in ps.iter().zip(&keys) {
+            assert_eq!(parse_priority_key(k), Some(*p));
+        }
+        keys.sort();
+        let back: Vec<i64> = keys.iter().filter_map(|k| parse_priority_key(k)).collect();
+        assert_eq!(back, vec![i64::MAX, 7, 1, 0, -5, i64::MIN]);
+    }
+
+    #[test]
+    fn routes_round_trip_and_admit() {
+        let r = Route::new(Some("worker"), &["gpu".into(), "a.b".into(), "gpu".into()]);
+        let name = r.dir_name().expect("name");
+        assert_eq!(name, "worker+a.b,gpu");
+        assert_eq!(Route::parse(&name), Some(r.clone()));
+        assert!(r.admits("worker", &["gpu".into(), "a.b".into(), "x".into()]));
+        assert!(!r.admits("worker", &["gpu".into()]));
+        assert!(!r.admits("other", &["gpu".into(), "a.b".into()]));
+        let any = Route::new(None, &[]);
+        assert_eq!(any.dir_name().expect("name"), "~+");
+        assert!(any.admits("x", &[]));
+        assert_eq!(Route::parse("junk"), None);
+        assert_eq!(Route::parse("w+bad/cap"), None);
+    }
+
+    #[test]
+    fn entries_parse_strictly() {
+        assert_eq!(parse_entry("0000000000000042.t-1.json"), Some((42, "t-1".into())));
+        assert_eq!(parse_entry("42.t.json"), None);
+        assert_eq!(parse_entry("0000000000000042.t"), None);
+        assert_eq!(parse_entry("0000000000000042..x.json"), None);
+    }
+}
