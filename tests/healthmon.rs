@@ -155,7 +155,11 @@ fn healthmon_exits_when_the_session_is_no_longer_active() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(status.code(), Some(0));
-    assert!(events(&env).iter().any(|e| e["event"] == "stopped" && e["reason"].as_str().is_some_and(|r| r.contains("completed"))));
+    assert!(
+        events(&env)
+            .iter()
+            .any(|e| e["event"] == "stopped" && e["reason"].as_str().is_some_and(|r| r.contains("completed")))
+    );
 }
 
 #[test]
@@ -170,7 +174,10 @@ fn bad_registry_entries_are_reported_and_nothing_is_overwritten() {
     std::fs::write(&path, &bytes).expect("write");
     let out = env.cmd("healthmon").arg("--once").code(1);
     let ev = out.json_lines();
-    assert!(ev.iter().any(|e| e["event"] == "warning" && e["reason"].as_str().is_some_and(|r| r.contains("badpid"))), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| e["event"] == "warning" && e["reason"].as_str().is_some_and(|r| r.contains("badpid"))),
+        "{ev:?}"
+    );
     assert!(ev.iter().any(|e| e["event"] == "warning" && e["agent"] == "nopid"), "{ev:?}");
     assert_eq!(std::fs::read(&path).expect("read"), bytes, "agents.json untouched");
 
@@ -222,4 +229,82 @@ fn agents_on_another_host_are_judged_by_heartbeat_only() {
     assert!(ev["reason"].as_str().expect("reason").contains("heartbeat"), "{ev}");
     kill9(&mut hm);
     kill9(&mut host_b);
+}
+
+#[test]
+fn a_killed_agent_is_failed_and_its_tasks_and_messages_go_back() {
+    let env = TestEnv::with_session();
+    let mut agent_proc = Sleeper::start();
+    env.cmd("registry").args(["register", "k1", "--type", "worker", "--pid", &agent_proc.pid()]).ok();
+    env.cmd("registry").args(["register", "other", "--type", "worker", "--pid", &std::process::id().to_string()]).ok();
+    env.cmd("taskd").args(["submit", "--id", "t-retry"]).ok();
+    env.cmd("taskd").args(["submit", "--id", "t-last", "--max-attempts", "1"]).ok();
+    env.cmd("taskd").args(["claim", "k1"]).ok();
+    env.cmd("taskd").args(["claim", "k1"]).ok();
+    env.cmd("msgq").args(["send", "--from", "other", "--to", "k1", "--type", "job"]).ok();
+    env.cmd("msgq").args(["send", "--from", "other", "--to", "k1", "--type", "job"]).ok();
+    assert_eq!(env.cmd("msgq").args(["recv", "k1", "--max", "2"]).ok().json_lines().len(), 2);
+    let (mut hm, rx) = start_healthmon(&env, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent(&env, "k1")["status"], "active");
+
+    kill9(&mut agent_proc.0);
+    let killed = Instant::now();
+    let ev = next_event(&rx, "agent_dead", Duration::from_secs(5));
+    assert!(killed.elapsed() < Duration::from_millis(1500), "detected within about one interval");
+    assert_eq!(ev["agent"], "k1");
+    assert_eq!(ev["requeued_tasks"], 1, "{ev}");
+    assert_eq!(ev["failed_tasks"], 1, "{ev}");
+    assert_eq!(ev["requeued_messages"], 2, "{ev}");
+    assert_eq!(agent(&env, "k1")["status"], "failed");
+    assert_eq!(env.cmd("taskd").args(["show", "t-retry"]).ok().json()["status"], "pending");
+    let last = env.cmd("taskd").args(["show", "t-last"]).ok().json();
+    assert_eq!(last["status"], "failed", "no attempts left: failed for good");
+    let counts = env.cmd("msgq").args(["count", "k1"]).ok().json();
+    assert_eq!((counts["queued"].as_u64(), counts["in_flight"].as_u64()), (Some(2), Some(0)), "{counts}");
+    assert!(events(&env).iter().any(|e| e["event"] == "agent_dead" && e["agent"] == "k1"), "the event is in the log");
+    // The other agent is untouched, and the recovered task can be claimed again.
+    assert_eq!(agent(&env, "other")["status"], "active");
+    assert_eq!(env.cmd("taskd").args(["claim", "other"]).ok().json()["id"], "t-retry");
+    kill9(&mut hm);
+}
+
+#[test]
+fn a_lapsed_lease_is_requeued_even_if_the_agent_lives() {
+    let env = TestEnv::with_session();
+    let agent_proc = Sleeper::start();
+    env.cmd("registry").args(["register", "slow", "--type", "worker", "--pid", &agent_proc.pid()]).ok();
+    env.cmd("taskd").args(["submit", "--id", "t1"]).ok();
+    env.cmd("taskd").args(["claim", "slow", "--lease", "0.5"]).ok();
+    std::thread::sleep(Duration::from_millis(800));
+    let out = env.cmd("healthmon").arg("--once").ok();
+    let ev = out.json_lines();
+    let lapsed = ev.iter().find(|e| e["event"] == "lease_expired").expect("lease_expired event");
+    assert_eq!(lapsed["requeued_tasks"], 1);
+    assert_eq!(env.cmd("taskd").args(["show", "t1"]).ok().json()["status"], "pending");
+    assert_eq!(agent(&env, "slow")["status"], "active");
+}
+
+#[test]
+fn resource_use_is_sampled_into_the_registry_and_metrics() {
+    let env = TestEnv::with_session();
+    let agent_proc = Sleeper::start();
+    env.cmd("registry").args(["register", "r1", "--type", "worker", "--pid", &agent_proc.pid()]).ok();
+    env.cmd("healthmon").args(["--once", "--sample-every", "1"]).ok();
+    let usage = &agent(&env, "r1")["resource_usage"];
+    assert!(usage["cpu"].as_str().is_some_and(|c| c.ends_with('%')), "{usage}");
+    assert!(usage["memory"].as_str().is_some_and(|m| m.ends_with("MB")), "{usage}");
+    assert!(usage["threads"].as_u64().is_some_and(|t| t >= 1), "{usage}");
+    assert!(usage["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{usage}");
+    let samples = std::fs::read_to_string(env.dir().join("metrics/resources.jsonl")).expect("samples");
+    let first: Value = serde_json::from_str(samples.lines().next().expect("a sample")).expect("parses");
+    assert_eq!(first["agent"], "r1");
+
+    let overview = env.cmd("healthmon").args(["status", "--json"]).ok().json();
+    assert_eq!(overview["agents"][0]["id"], "r1");
+    assert_eq!(overview["agents"][0]["alive"], true);
+    assert_eq!(overview["mailboxes"][0]["agent"], "r1");
+    assert_eq!(overview["tasks"]["total"], 0);
+    let table = env.cmd("healthmon").arg("status").ok().stdout_str();
+    assert!(table.contains("progress") && table.contains("r1") && table.contains("MAILBOX"), "{table}");
 }

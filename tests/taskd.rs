@@ -200,7 +200,8 @@ fn retries_up_to_max_attempts_then_failed_with_the_error_text() {
     let t = env.cmd("taskd").args(["fail", "flaky", "--agent", "a", "--error", "still on fire"]).ok().json();
     assert_eq!(t["status"], "failed");
     assert!(t["reason"].as_str().expect("reason").contains("still on fire"));
-    let errs: Vec<&str> = t["errors"].as_array().expect("errors").iter().map(|e| e["error"].as_str().expect("e")).collect();
+    let errs: Vec<&str> =
+        t["errors"].as_array().expect("errors").iter().map(|e| e["error"].as_str().expect("e")).collect();
     assert_eq!(errs, ["disk on fire", "still on fire"]);
     assert!(claim(&env, "a").is_none());
     env.cmd("taskd").args(["wait", "flaky"]).code(1);
@@ -303,8 +304,10 @@ fn round_robin_cycles_and_keeps_its_cursor() {
         .iter()
         .map(|x| (x["task"].as_str().expect("t").to_string(), x["agent"].as_str().expect("a").to_string()))
         .collect();
-    let want: Vec<(String, String)> =
-        [("t1", "a1"), ("t2", "a2"), ("t3", "a3"), ("t4", "a1")].iter().map(|(t, a)| (t.to_string(), a.to_string())).collect();
+    let want: Vec<(String, String)> = [("t1", "a1"), ("t2", "a2"), ("t3", "a3"), ("t4", "a1")]
+        .iter()
+        .map(|(t, a)| (t.to_string(), a.to_string()))
+        .collect();
     assert_eq!(got, want);
     submit(&env, &["--id", "t5"]);
     let r = env.cmd("taskd").args(["assign", "--strategy", "round_robin", "--slots", "5"]).ok().json();
@@ -332,7 +335,8 @@ fn load_balanced_picks_the_least_loaded_agent() {
         submit(&env, &["--id", &format!("n{i}")]);
     }
     let r = env.cmd("taskd").args(["assign", "--strategy", "load_balanced", "--slots", "3"]).ok().json();
-    let agents: Vec<&str> = r["assigned"].as_array().expect("a").iter().map(|x| x["agent"].as_str().expect("a")).collect();
+    let agents: Vec<&str> =
+        r["assigned"].as_array().expect("a").iter().map(|x| x["agent"].as_str().expect("a")).collect();
     assert_eq!(agents, ["a3", "a2", "a3"]);
 }
 
@@ -385,7 +389,8 @@ fn priority_queue_preempts_the_lowest_priority_work_and_release_keeps_the_attemp
 #[test]
 fn work_runs_a_command_that_fails_on_some_inputs() {
     let env = TestEnv::with_session();
-    let lines: Vec<Value> = (1..=9).map(|n| json!({"id": format!("n{n}"), "payload": {"n": n}, "max_attempts": 1})).collect();
+    let lines: Vec<Value> =
+        (1..=9).map(|n| json!({"id": format!("n{n}"), "payload": {"n": n}, "max_attempts": 1})).collect();
     submit_batch(&env, &lines);
     let script = r#"n=$(jq .payload.n); [ "$TASK_ID" = "n$n" ] || exit 9; if [ $((n % 3)) -eq 0 ]; then echo "no multiples of three: $n" >&2; exit 1; fi; echo "{\"square\": $((n*n))}""#;
     let out = env.cmd("taskd").args(["work", "w", "--idle-exit", "0.3", "--", "sh", "-c", script]).ok();

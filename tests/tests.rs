@@ -2,6 +2,8 @@
 //!
 //! Build first (`cargo build --workspace`), then `cargo test`; `scripts/test.sh` does both.
 
+#![allow(clippy::print_stderr)]
+
 mod util;
 
 mod foundation;

@@ -95,8 +95,9 @@ fn watch(args: &Args, dir: coord_core::SessionDir) -> Result<u8> {
 
     let (tx, rx) = mpsc::channel::<i32>();
     if !args.once {
-        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+        let mut signals =
+            signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+                .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
         std::thread::spawn(move || {
             for sig in signals.forever() {
                 if tx.send(sig).is_err() {

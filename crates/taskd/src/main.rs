@@ -229,9 +229,8 @@ impl AssignArgs {
 }
 
 fn parse_status(s: &str) -> Result<Status, String> {
-    Status::parse(s).ok_or_else(|| {
-        format!("unknown status {s:?}: use blocked, pending, claimed, completed, failed or cancelled")
-    })
+    Status::parse(s)
+        .ok_or_else(|| format!("unknown status {s:?}: use blocked, pending, claimed, completed, failed or cancelled"))
 }
 
 const EXAMPLES: &str = "\
@@ -261,9 +260,8 @@ Example:
   taskd work w1 --max-tasks 100 --idle-exit 5 -- sh -c 'jq -r .payload.n | factor'";
 
 fn parse_json_arg(what: &str, text: &str) -> coord_core::Result<Value> {
-    serde_json::from_str(text).map_err(|e| {
-        Error::Usage(format!("{what} {text:?} is not valid JSON ({e}); quote text as '\"text\"'"))
-    })
+    serde_json::from_str(text)
+        .map_err(|e| Error::Usage(format!("{what} {text:?} is not valid JSON ({e}); quote text as '\"text\"'")))
 }
 
 fn read_batch() -> coord_core::Result<Vec<NewTask>> {
@@ -273,8 +271,9 @@ fn read_batch() -> coord_core::Result<Vec<NewTask>> {
         if line.trim().is_empty() {
             continue;
         }
-        let t: NewTask = serde_json::from_str(&line)
-            .map_err(|e| Error::Usage(format!("stdin line {}: not a valid task ({e}); nothing was submitted", n + 1)))?;
+        let t: NewTask = serde_json::from_str(&line).map_err(|e| {
+            Error::Usage(format!("stdin line {}: not a valid task ({e}); nothing was submitted", n + 1))
+        })?;
         out.push(t);
     }
     Ok(out)

@@ -164,7 +164,8 @@ fn choose(strategy: Strategy, agents: &[Candidate], free: &[usize], route: &Rout
             *free.iter().min_by_key(|i| (load(i), agents[**i].order)).unwrap_or(&free[0])
         }
         Strategy::CapabilityBased => {
-            let extra = |i: &usize| agents[*i].agent.capabilities.iter().filter(|c| !route.capabilities.contains(c)).count();
+            let extra =
+                |i: &usize| agents[*i].agent.capabilities.iter().filter(|c| !route.capabilities.contains(c)).count();
             *free.iter().min_by_key(|i| (load(i), extra(i), agents[**i].order)).unwrap_or(&free[0])
         }
     }
@@ -251,8 +252,14 @@ fn send(dir: &SessionDir, to: &str, msg_type: &str, payload: serde_json::Value, 
 
 /// Runs assignment passes as tasks, agents and completions appear, until a signal
 /// arrives or the session is no longer active. Blocks on inotify between passes.
-pub fn run(dir: &SessionDir, opts: &AssignOptions, timeout: Duration, mut on_pass: impl FnMut(&AssignReport) -> Result<()>) -> Result<()> {
-    let signals = super::bell::Signals::install().map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+pub fn run(
+    dir: &SessionDir,
+    opts: &AssignOptions,
+    timeout: Duration,
+    mut on_pass: impl FnMut(&AssignReport) -> Result<()>,
+) -> Result<()> {
+    let signals =
+        super::bell::Signals::install().map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
     super::ensure_store(dir)?;
     let mut b = super::bell::Bell::watch(&[
         dir.task_pending_bell(),

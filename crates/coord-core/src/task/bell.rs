@@ -105,7 +105,11 @@ impl Bell {
             if let Some(fd) = self.signals {
                 fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
-            let cap = if self.inotify.is_some() { remaining } else { Some(remaining.unwrap_or(POLL_FALLBACK).min(POLL_FALLBACK)) };
+            let cap = if self.inotify.is_some() {
+                remaining
+            } else {
+                Some(remaining.unwrap_or(POLL_FALLBACK).min(POLL_FALLBACK))
+            };
             let ms = cap.map_or(-1, |d| i32::try_from(d.as_millis().max(1)).unwrap_or(i32::MAX));
             // SAFETY: `fds` is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };

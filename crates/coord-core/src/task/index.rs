@@ -43,11 +43,8 @@ impl Route {
 
     /// The directory name, `<type or ~>+<cap>,<cap>`.
     pub fn dir_name(&self) -> Result<String> {
-        let name = format!(
-            "{}{ROUTE_SEP}{}",
-            self.agent_type.as_deref().unwrap_or(ANY_TYPE),
-            self.capabilities.join(",")
-        );
+        let name =
+            format!("{}{ROUTE_SEP}{}", self.agent_type.as_deref().unwrap_or(ANY_TYPE), self.capabilities.join(","));
         if name.len() > MAX_ROUTE_LEN {
             return Err(Error::Usage(format!(
                 "the task's type and capabilities are too long together ({} bytes, at most {MAX_ROUTE_LEN})",
@@ -60,7 +57,8 @@ impl Route {
     /// Parses a route directory name.
     pub fn parse(name: &str) -> Option<Route> {
         let (t, caps) = name.split_once(ROUTE_SEP)?;
-        let agent_type = if t == ANY_TYPE { None } else { Some(crate::id::validate("agent type", t).ok()?.to_string()) };
+        let agent_type =
+            if t == ANY_TYPE { None } else { Some(crate::id::validate("agent type", t).ok()?.to_string()) };
         let capabilities: Vec<String> =
             if caps.is_empty() { Vec::new() } else { caps.split(',').map(str::to_string).collect() };
         if capabilities.iter().any(|c| crate::id::validate("capability", c).is_err()) {
@@ -295,7 +293,8 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
 /// keeps going whatever happens here.
 pub fn set_aside(garbage: &Path, path: &Path) {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let target = garbage.join(format!("{}.{}.{name}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id()));
+    let target =
+        garbage.join(format!("{}.{}.{name}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id()));
     let _ = std::fs::create_dir_all(garbage);
     match std::fs::rename(path, &target) {
         Ok(()) => log::warn!("moved {} aside to {}: it is not a task record", path.display(), target.display()),

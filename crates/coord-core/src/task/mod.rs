@@ -52,8 +52,17 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 /// The sender name of messages taskd sends (`task_assignment`, `preempt`).
 pub const COORDINATOR: &str = "coordinator";
 
-const STORE_DIRS: &[&str] =
-    &["tasks/ids", "tasks/pending", "tasks/blocked", "tasks/claimed", "tasks/done", "tasks/failed", "tasks/cancelled", "tasks/dependents", "tasks/locks"];
+const STORE_DIRS: &[&str] = &[
+    "tasks/ids",
+    "tasks/pending",
+    "tasks/blocked",
+    "tasks/claimed",
+    "tasks/done",
+    "tasks/failed",
+    "tasks/cancelled",
+    "tasks/dependents",
+    "tasks/locks",
+];
 
 /// The immutable locator of a task, `tasks/ids/<id>.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -181,7 +190,11 @@ fn rename_existing(from: &Path, to: &Path) -> Result<bool> {
             Err(e) => return Err(Error::io("rename", from, e)),
         }
     }
-    Err(Error::Failed(format!("could not move {} to {}: its directory keeps disappearing", from.display(), to.display())))
+    Err(Error::Failed(format!(
+        "could not move {} to {}: its directory keeps disappearing",
+        from.display(),
+        to.display()
+    )))
 }
 
 /// Writes a record where a concurrent claimer may remove empty directories.
@@ -396,7 +409,8 @@ pub fn submit(dir: &SessionDir, new: Vec<NewTask>, timeout: Duration) -> Result<
 
 /// Batch order with dependencies first; a cycle is a usage error naming its members.
 fn topological_order(new: &[NewTask]) -> Result<Vec<usize>> {
-    let pos: HashMap<&str, usize> = new.iter().enumerate().filter_map(|(i, t)| t.id.as_deref().map(|s| (s, i))).collect();
+    let pos: HashMap<&str, usize> =
+        new.iter().enumerate().filter_map(|(i, t)| t.id.as_deref().map(|s| (s, i))).collect();
     let mut indegree = vec![0usize; new.len()];
     let mut children: Vec<Vec<usize>> = vec![Vec::new(); new.len()];
     for (i, t) in new.iter().enumerate() {
@@ -512,7 +526,10 @@ fn cascade_failures(dir: &SessionDir, mut finished: Vec<String>, timeout: Durati
 fn active_agent(dir: &SessionDir, agent: &str) -> Result<Agent> {
     id::validate("agent", agent)?;
     let a = registry::load(dir)?.into_iter().find(|a| a.id == agent).ok_or_else(|| {
-        Error::Failed(format!("agent {agent:?} is not registered in session {:?}; run `registry register` first", dir.id()))
+        Error::Failed(format!(
+            "agent {agent:?} is not registered in session {:?}; run `registry register` first",
+            dir.id()
+        ))
     })?;
     if a.status != agent_status::ACTIVE {
         return Err(Error::Failed(format!("agent {agent:?} is {}, not active; it cannot take tasks", a.status)));
@@ -675,7 +692,12 @@ pub fn fail(dir: &SessionDir, id: &str, holder: &Holder, error: &str, timeout: D
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (t, path) = held(dir, id, holder)?;
-    let err = TaskError { attempt: t.attempts, agent: t.assigned_to.clone(), at: time::now_rfc3339(), error: error.to_string() };
+    let err = TaskError {
+        attempt: t.attempts,
+        agent: t.assigned_to.clone(),
+        at: time::now_rfc3339(),
+        error: error.to_string(),
+    };
     requeue_held(dir, guard, t, &path, true, Some(err), timeout)
 }
 
@@ -851,11 +873,7 @@ fn claimed_records(dir: &SessionDir) -> Result<Vec<Task>> {
     records_in(dir, Status::Claimed)
 }
 
-fn requeue_where(
-    dir: &SessionDir,
-    why: &dyn Fn(&Task) -> Option<String>,
-    timeout: Duration,
-) -> Result<RequeueReport> {
+fn requeue_where(dir: &SessionDir, why: &dyn Fn(&Task) -> Option<String>, timeout: Duration) -> Result<RequeueReport> {
     let mut report = RequeueReport::default();
     for t in claimed_records(dir)? {
         if why(&t).is_none() {
@@ -873,7 +891,12 @@ fn requeue_where(
             continue;
         }
         let Some(reason) = why(&current) else { continue };
-        let err = TaskError { attempt: current.attempts, agent: current.assigned_to.clone(), at: time::now_rfc3339(), error: reason };
+        let err = TaskError {
+            attempt: current.attempts,
+            agent: current.assigned_to.clone(),
+            at: time::now_rfc3339(),
+            error: reason,
+        };
         let after = requeue_held(dir, guard, current, &path, true, Some(err), timeout)?;
         if after.state() == Some(Status::Failed) {
             report.failed += 1;
@@ -979,14 +1002,16 @@ pub fn count(tasks: &[Task]) -> Progress {
             Some(Status::Cancelled) => p.cancelled += 1,
         }
     }
-    p.operation_progress = if p.total == 0 { 0 } else { ((p.completed as f64 / p.total as f64) * 100.0).round() as u64 };
+    p.operation_progress =
+        if p.total == 0 { 0 } else { ((p.completed as f64 / p.total as f64) * 100.0).round() as u64 };
     p
 }
 
 /// Rewrites `state/tasks.json`, the seed's `{pending, in_progress, completed, failed}`
 /// view of `tasks` (blocked counts as pending, cancelled as failed), under its lock.
 pub fn refresh_view(dir: &SessionDir, tasks: &[Task], timeout: Duration) -> Result<()> {
-    let pick = |f: &dyn Fn(Status) -> bool| -> Vec<&Task> { tasks.iter().filter(|t| t.state().is_some_and(f)).collect() };
+    let pick =
+        |f: &dyn Fn(Status) -> bool| -> Vec<&Task> { tasks.iter().filter(|t| t.state().is_some_and(f)).collect() };
     let view = json!({
         "pending": pick(&|s| matches!(s, Status::Blocked | Status::Pending)),
         "in_progress": pick(&|s| s == Status::Claimed),

@@ -58,7 +58,12 @@ pub struct Outcome {
 }
 
 /// Runs the loop; `report` is called after each task. Returns how many tasks ran.
-pub fn work(dir: &SessionDir, opts: &WorkOptions, timeout: Duration, mut report: impl FnMut(&Outcome) -> Result<()>) -> Result<u64> {
+pub fn work(
+    dir: &SessionDir,
+    opts: &WorkOptions,
+    timeout: Duration,
+    mut report: impl FnMut(&Outcome) -> Result<()>,
+) -> Result<u64> {
     if opts.cmd.is_empty() {
         return Err(Error::Usage("taskd work needs a command after --".into()));
     }
@@ -91,7 +96,8 @@ pub fn work(dir: &SessionDir, opts: &WorkOptions, timeout: Duration, mut report:
 fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) -> Result<bool> {
     match registry::show(dir, &opts.agent) {
         Ok(a) if a.status == agent_status::ACTIVE => {
-            let missing: Vec<String> = opts.capabilities.iter().filter(|c| !a.capabilities.contains(c)).cloned().collect();
+            let missing: Vec<String> =
+                opts.capabilities.iter().filter(|c| !a.capabilities.contains(c)).cloned().collect();
             if !missing.is_empty() {
                 let changes = registry::Changes { add_capabilities: missing, ..Default::default() };
                 registry::update(dir, &opts.agent, &changes, timeout)?;
