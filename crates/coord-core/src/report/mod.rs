@@ -639,7 +639,7 @@ fn duplicate_warnings(by_agent: &[(String, AgentResults)], warnings: &mut Vec<St
     for (task, agents) in dups {
         {
             warnings.push(format!(
-                "task {task:?} is reported by agents {}; by_task keeps {:?}'s entry",
+                "task {task:?} is reported by agents {}; by_task keeps the entry of {}",
                 agents.join(", "),
                 agents.last().copied().unwrap_or_default()
             ));
