@@ -2,9 +2,13 @@
 //!
 //! Build first (`cargo build --workspace`), then `cargo test`; `scripts/test.sh` does both.
 
+#![allow(clippy::print_stderr)]
+
 mod util;
 
 mod aggregate;
 mod archive;
 mod foundation;
+mod healthmon;
+mod msgq;
 mod taskd;

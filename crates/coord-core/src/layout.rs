@@ -226,6 +226,16 @@ impl SessionDir {
         self.root.join("metrics/events.jsonl")
     }
 
+    /// `metrics/resources.jsonl`: resource samples of live local agents.
+    pub fn resources_file(&self) -> PathBuf {
+        self.root.join("metrics/resources.jsonl")
+    }
+
+    /// The lock file of one of the tools' own locks.
+    pub fn tool_lock_file(&self, which: ToolLock) -> PathBuf {
+        self.root.join("locks").join(format!("{}.lock", which.name()))
+    }
+
     // ---- Task store (`tasks/`; see docs/layout.md, section `tasks/`) ----
     //
     // A task's record lives in exactly one status directory at a time; a status change
@@ -301,8 +311,7 @@ impl SessionDir {
     /// Takes one of the tools' own locks. Their files start with `_`, which no id can,
     /// so they never collide with a user's lock names.
     pub fn tool_lock(&self, which: ToolLock, timeout: std::time::Duration) -> Result<LockGuard> {
-        let name = which.name();
-        lock::acquire(name, &self.root.join("locks").join(format!("{name}.lock")), timeout)
+        lock::acquire(which.name(), &self.tool_lock_file(which), timeout)
     }
 
     // --- results and report (aggregate) ---------------------------------------------------
@@ -412,6 +421,8 @@ pub enum ToolLock {
     Registry,
     /// Serializes changes to `session.json`.
     Session,
+    /// Held for its whole life by the one health monitor of a session.
+    Healthmon,
     /// Serializes the allocation of task submission sequence numbers (`tasks/seq`).
     TaskSeq,
     /// Serializes push assignment passes (`taskd assign`/`run`) and the round-robin cursor.
@@ -428,6 +439,7 @@ impl ToolLock {
         match self {
             ToolLock::Registry => "_registry",
             ToolLock::Session => "_session",
+            ToolLock::Healthmon => "_healthmon",
             ToolLock::TaskSeq => "_task_seq",
             ToolLock::TaskAssign => "_task_assign",
             ToolLock::Results => "_results",

@@ -14,6 +14,7 @@ pub mod cli;
 pub mod env;
 pub mod error;
 pub mod fsio;
+pub mod health;
 pub mod id;
 pub mod layout;
 pub mod lock;

@@ -30,6 +30,21 @@ impl LockGuard {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Records who holds the lock (e.g. a pid) in the lock file, for [`read_owner`].
+    /// The content is informative only; the flock is what excludes.
+    pub fn write_owner(&self, owner: &str) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.set_len(0).ctx("truncate", &self.path)?;
+        self.file.write_all_at(owner.as_bytes(), 0).ctx("write", &self.path)
+    }
+}
+
+/// What the current holder wrote with [`LockGuard::write_owner`], if anything.
+pub fn read_owner(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
 }
 
 impl Drop for LockGuard {

@@ -291,7 +291,7 @@ fn build(msg: &Outgoing, to: &str) -> (Message, u64) {
         requires_ack: msg.requires_ack,
         priority: msg.priority,
         delivery_count: 0,
-        host: sys::host(),
+        host: this_host().to_string(),
         dead_reason: None,
         dead_at: None,
         extra: Map::new(),
@@ -325,7 +325,7 @@ fn next_id() -> (String, u64) {
         seq: 0,
         issued: 0,
         salt: random_u64(),
-        host: id_host(&sys::host()),
+        host: id_host(this_host()),
         pid: std::process::id(),
     });
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0);
@@ -342,6 +342,12 @@ fn next_id() -> (String, u64) {
     let rand = splitmix64(src.salt.wrapping_add(src.issued)) as u32;
     let id = format!("msg-{:016}-{:04x}-{}-{}-{rand:08x}", src.last_us, src.seq, src.host, src.pid);
     (id, src.last_us)
+}
+
+/// This host's name, looked up once per process (a batch sends many messages).
+fn this_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(sys::host)
 }
 
 /// The host part of an id: the short host name, letters, digits and `-` only, at most 24.
@@ -396,7 +402,7 @@ pub fn claim(dir: &SessionDir, agent: &str, max: usize) -> Result<Vec<Message>> 
         ensure_mailbox(dir, agent)?;
     }
     let mut scan = Scan { dir, agent, cur: dir.mailbox_cur(agent), max: max.max(1), out: Vec::new() };
-    scan.level(&new_dir, 0)?;
+    scan.level(&new_dir, 0, 0)?;
     Ok(scan.out)
 }
 
@@ -408,55 +414,76 @@ struct Scan<'a> {
     out: Vec<Message>,
 }
 
+/// How a walk through one queue directory ended.
+enum Walked {
+    /// `max` messages were claimed before the end.
+    Full,
+    /// Every entry was looked at; `drained` says whether this walk claimed any of them.
+    Exhausted { drained: bool },
+}
+
+/// An empty shard directory nobody drained is removed only once its time range lies
+/// this far in the past, so receivers never race a sender that is creating it.
+const EMPTY_SHARD_GRACE_MS: u64 = 60_000;
+
 impl Scan<'_> {
-    /// Walks one level of the queue in order; returns whether it was used up (so an empty
-    /// shard directory can be removed).
-    fn level(&mut self, path: &Path, level: usize) -> Result<bool> {
+    /// Walks one level of the queue in order. `start_ms`/`span_ms` give the range of send
+    /// times the directory holds (level 0, the priority, holds all of them).
+    fn level(&mut self, path: &Path, level: usize, start_ms: u64) -> Result<Walked> {
         let entries = match sorted_entries(path) {
             Ok(e) => e,
-            Err(e) if fsio::is_not_found(&e) => return Ok(true),
+            Err(e) if fsio::is_not_found(&e) => return Ok(Walked::Exhausted { drained: false }),
             Err(e) => return Err(e),
         };
-        let last = entries.len().saturating_sub(1);
-        for (i, (name, is_dir)) in entries.into_iter().enumerate() {
+        let mut drained = false;
+        for (name, is_dir) in entries {
             if self.out.len() >= self.max {
-                return Ok(false);
+                return Ok(Walked::Full);
             }
             let child = path.join(&name);
-            if level < queue_shard::DEPTH {
-                if !is_dir || !queue_shard::is_valid(level, &name) {
-                    quarantine(self.dir, self.agent, &child, "not a queue shard directory");
-                    continue;
+            if level == queue_shard::DEPTH {
+                drained |= self.take(&child, &name, is_dir)?;
+                continue;
+            }
+            if !is_dir || !queue_shard::is_valid(level, &name) {
+                quarantine(self.dir, self.agent, &child, "not a queue shard directory");
+                continue;
+            }
+            let (child_start, child_end) = shard_range(level, &name, start_ms);
+            match self.level(&child, level + 1, child_start)? {
+                Walked::Full => return Ok(Walked::Full),
+                Walked::Exhausted { drained: child_drained } => {
+                    drained |= child_drained;
+                    // Priority directories stay. The two finest time shards (256 ms and
+                    // 1 ms) go as soon as this walk empties them, coarser ones once they
+                    // are long past, so a send creates at most two directories and a
+                    // waiting receiver rarely wakes for a directory alone. A sender that
+                    // finds its directory gone creates it again; rmdir of a non-empty
+                    // directory just fails.
+                    let stale = child_end.saturating_add(EMPTY_SHARD_GRACE_MS) < time::unix_ms(SystemTime::now());
+                    if level > 0 && ((child_drained && level >= 3) || stale) {
+                        let _ = fs::remove_dir(&child);
+                    }
                 }
-                if !self.level(&child, level + 1)? {
-                    return Ok(false);
-                }
-                // Fails harmlessly if a sender has just added a file; a sender that finds
-                // its directory gone creates it again.
-                let _ = fs::remove_dir(&child);
-                if self.out.len() >= self.max {
-                    return Ok(i == last);
-                }
-            } else {
-                self.take(&child, &name, is_dir)?;
             }
         }
-        Ok(true)
+        Ok(Walked::Exhausted { drained })
     }
 
-    fn take(&mut self, path: &Path, name: &str, is_dir: bool) -> Result<()> {
+    /// Claims one queued file; returns whether it was claimed (even if then found bad).
+    fn take(&mut self, path: &Path, name: &str, is_dir: bool) -> Result<bool> {
         let Some(msg_id) = message_id_of(name).filter(|_| !is_dir) else {
             quarantine(self.dir, self.agent, path, "not a message file name (<id>.json)");
-            return Ok(());
+            return Ok(false);
         };
         let claimed = self.cur.join(name);
         match fsio::rename_noclobber(path, &claimed) {
             Ok(true) => {}
             // Another receiver won this one.
-            Err(e) if fsio::is_not_found(&e) => return Ok(()),
+            Err(e) if fsio::is_not_found(&e) => return Ok(false),
             Ok(false) => {
                 quarantine(self.dir, self.agent, path, "a message with this id is already in flight");
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(e),
         }
@@ -464,7 +491,7 @@ impl Scan<'_> {
             Ok(m) => self.out.push(m),
             Err(why) => quarantine(self.dir, self.agent, &claimed, &why),
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -485,6 +512,21 @@ fn sorted_entries(dir: &Path) -> Result<Vec<(String, bool)>> {
     }
     out.sort_unstable();
     Ok(out)
+}
+
+/// The send-time range `[start, end)` in Unix ms of shard `name` at `level` (0 is the
+/// priority level, which spans all times) inside a parent starting at `parent_start`.
+fn shard_range(level: usize, name: &str, parent_start: u64) -> (u64, u64) {
+    let value = u64::from_str_radix(name, 16).unwrap_or(0);
+    let shift = match level {
+        0 => return (0, u64::MAX),
+        1 => 24,
+        2 => 16,
+        3 => 8,
+        _ => 0,
+    };
+    let start = parent_start.saturating_add(value << shift);
+    (start, start.saturating_add(1 << shift))
 }
 
 /// `<id>.json` -> `<id>`, if the id follows the id rule.
@@ -1069,8 +1111,11 @@ mod tests {
         assert!(claim(&dir, "w1", 1).expect("claim").is_empty());
         let c = count(&dir, "w1").expect("count");
         assert_eq!((c.queued, c.in_flight), (0, 6));
-        // Drained shard directories are removed; new/ itself stays.
-        assert_eq!(fs::read_dir(dir.mailbox_new("w1")).expect("ls").count(), 0);
+        // Drained fine shards are removed; priority and coarse time directories stay.
+        fn deepest(p: &Path) -> usize {
+            fs::read_dir(p).expect("ls").flatten().map(|e| 1 + deepest(&e.path())).max().unwrap_or(0)
+        }
+        assert_eq!(deepest(&dir.mailbox_new("w1")), 3, "new/<prio>/<t0>/<t1>/ remain, nothing below");
     }
 
     #[test]

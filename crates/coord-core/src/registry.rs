@@ -206,6 +206,18 @@ where
     Ok(out)
 }
 
+/// Changes many registrations in one locked rewrite of `agents.json` (used for
+/// periodic samples, so a tick costs one rewrite, not one per agent).
+pub fn modify_all<F>(dir: &SessionDir, timeout: Duration, change: F) -> Result<()>
+where
+    F: FnOnce(&mut [Agent]),
+{
+    let _guard = dir.tool_lock(ToolLock::Registry, timeout)?;
+    let mut agents = load(dir)?;
+    change(&mut agents);
+    fsio::write_json(&dir.agents_json(), &agents)
+}
+
 /// Records a heartbeat: sets the mtime of the agent's heartbeat file. O(1), no lock.
 ///
 /// Fails if the agent is not registered (or has unregistered).

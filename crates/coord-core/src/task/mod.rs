@@ -565,6 +565,11 @@ pub fn claim_wait(
 ) -> Result<Option<Task>> {
     ensure_store(dir)?;
     let deadline = wait.map(|w| std::time::Instant::now() + w);
+    // Try before watching: closing an inotify instance costs milliseconds (the kernel
+    // waits for a grace period), which a busy worker should not pay per task.
+    if let Some(t) = claim(dir, agent, opts, timeout)? {
+        return Ok(Some(t));
+    }
     let mut b = bell::Bell::watch(&[dir.task_pending_bell()]);
     if let Some(s) = signals {
         b = b.with_signals(s);

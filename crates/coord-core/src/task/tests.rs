@@ -1,1 +1,139 @@
-//! Unit tests of the task queue.
+//! Unit tests of the task queue's state machine against a real session directory.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::layout::Base;
+
+const T: Duration = Duration::from_secs(5);
+
+fn session() -> (tempfile::TempDir, SessionDir) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = Base::new(tmp.path().join("base"));
+    let dir = crate::session::init(&base, "unit").expect("init");
+    (tmp, dir)
+}
+
+fn agent(dir: &SessionDir, id: &str, caps: &[&str]) {
+    let req = registry::Registration {
+        id: id.to_string(),
+        agent_type: "worker".to_string(),
+        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+        pid: std::process::id(),
+        replace: false,
+    };
+    registry::register(dir, &req, T).expect("register");
+}
+
+fn task(id: &str) -> NewTask {
+    NewTask { id: Some(id.to_string()), ..Default::default() }
+}
+
+#[test]
+fn the_life_of_a_task() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![NewTask { payload: json!({"n": 1}), ..task("x") }], T).expect("submit");
+    assert_eq!(show(&dir, "x").expect("show").status, "pending");
+    let c = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("some");
+    assert_eq!((c.status.as_str(), c.attempts), ("claimed", 1));
+    assert!(claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").is_none());
+    let holder = Holder { agent: None, token: c.claim_token.clone() };
+    let done = complete(&dir, "x", &holder, json!(42), T).expect("complete");
+    assert_eq!(done.results, Some(json!(42)));
+    assert!(!dir.task_lock_file("x").exists(), "a final task's lock is retired");
+    let err = complete(&dir, "x", &holder, json!(0), T).expect_err("twice");
+    assert!(err.to_string().contains("claim lost"), "{err}");
+    let p = count(&list_all(&dir).expect("list"));
+    assert_eq!((p.total, p.completed, p.operation_progress), (1, 1, 100));
+    let results: Value = fsio::read_json(&dir.result_file("a")).expect("results");
+    assert_eq!(results["tasks"][0]["id"], "x");
+}
+
+#[test]
+fn fencing_by_token_and_agent() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    agent(&dir, "b", &[]);
+    submit(&dir, vec![task("x")], T).expect("submit");
+    let c = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("some");
+    let wrong = Holder { agent: Some("b".into()), token: None };
+    assert!(fail(&dir, "x", &wrong, "e", T).is_err());
+    let stale = Holder { agent: Some("a".into()), token: Some("0000000000000000".into()) };
+    assert!(release(&dir, "x", &stale, T).is_err());
+    assert_eq!(show(&dir, "x").expect("show").claim_token, c.claim_token, "nothing changed");
+    let r = release(&dir, "x", &Holder { agent: Some("a".into()), token: c.claim_token }, T).expect("release");
+    assert_eq!((r.status.as_str(), r.attempts), ("pending", 0));
+}
+
+#[test]
+fn lapsed_leases_requeue_and_exhausted_attempts_fail() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![NewTask { max_attempts: Some(1), ..task("x") }, task("y")], T).expect("submit");
+    let opts = ClaimOptions { lease: Duration::ZERO, assigned_by: None };
+    claim(&dir, "a", &opts, T).expect("claim").expect("x");
+    claim(&dir, "a", &opts, T).expect("claim").expect("y");
+    std::thread::sleep(Duration::from_millis(20));
+    let r = requeue_expired(&dir, T).expect("requeue");
+    assert_eq!((r.requeued, r.failed), (1, 1));
+    let x = show(&dir, "x").expect("x");
+    assert_eq!(x.status, "failed");
+    assert!(x.reason.as_deref().unwrap_or_default().contains("lease expired"));
+    assert_eq!(show(&dir, "y").expect("y").status, "pending");
+    let r = requeue_agent(&dir, "a", "dead", T).expect("requeue agent");
+    assert_eq!(r, RequeueReport::default());
+}
+
+#[test]
+fn submit_checks_the_whole_batch_first() {
+    let (_t, dir) = session();
+    let cyc = vec![
+        NewTask { dependencies: vec!["b".into()], ..task("a") },
+        NewTask { dependencies: vec!["c".into()], ..task("b") },
+        NewTask { dependencies: vec!["a".into()], ..task("c") },
+        task("free"),
+    ];
+    let err = submit(&dir, cyc, T).expect_err("cycle");
+    assert_eq!(err.exit_code(), 2);
+    assert!(err.to_string().contains("\"a\", \"b\", \"c\""), "{err}");
+    assert!(list_all(&dir).expect("list").is_empty(), "nothing was submitted");
+    assert_eq!(submit(&dir, vec![task("d"), task("d")], T).expect_err("dup").exit_code(), 2);
+    submit(&dir, vec![task("d")], T).expect("d");
+    assert_eq!(submit(&dir, vec![task("e"), task("d")], T).expect_err("exists").exit_code(), 1);
+    assert!(show(&dir, "e").is_err());
+}
+
+#[test]
+fn dependencies_release_in_order() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![NewTask { dependencies: vec!["p".into()], ..task("c") }, task("p")], T).expect("submit");
+    assert_eq!(show(&dir, "c").expect("c").status, "blocked");
+    let p = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("p");
+    assert_eq!(p.id, "p");
+    complete(&dir, "p", &Holder::default(), Value::Null, T).expect("complete");
+    assert_eq!(show(&dir, "c").expect("c").status, "pending");
+}
+
+#[test]
+fn claims_follow_priority_then_age_across_chunks() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    let n = index::CHUNK as usize + 10;
+    let mut batch: Vec<NewTask> = (0..n).map(|i| task(&format!("t{i}"))).collect();
+    batch.push(NewTask { priority: -1, ..task("last") });
+    batch.push(NewTask { priority: 3, ..task("first") });
+    submit(&dir, batch, T).expect("submit");
+    let mut order = Vec::new();
+    while let Some(t) = claim(&dir, "a", &ClaimOptions::default(), Duration::from_secs(30)).expect("claim") {
+        order.push(t.id);
+    }
+    assert_eq!(order.len(), n + 2);
+    assert_eq!(order[0], "first");
+    assert_eq!(order[1], "t0");
+    assert_eq!(order[n], format!("t{}", n - 1));
+    assert_eq!(order[n + 1], "last");
+}

@@ -80,6 +80,7 @@ pub fn work(
                 Err(e) => return Err(e),
             };
             let outcome = run_one(dir, opts, &t, &signals, timeout)?;
+
             done += 1;
             report(&outcome)?;
         }
