@@ -98,14 +98,14 @@ fn main() -> ExitCode {
                             indicatif::ProgressDrawTarget::stderr(),
                         );
                         if let Ok(style) =
-                            indicatif::ProgressStyle::with_template("archive: [{bar:40}] {bytes}/{total_bytes} {msg}")
+                            indicatif::ProgressStyle::with_template("archive: [{bar:30}] {pos}/{len} entries, {msg}")
                         {
                             b.set_style(style.progress_chars("=> "));
                         }
                         b
                     });
                     b.set_position(p.entries_done);
-                    b.set_message(format!("{} MB read", p.bytes_done / 1_000_000));
+                    b.set_message(format!("{} MB", p.bytes_done / 1_000_000));
                 });
                 if let Some(b) = bar {
                     b.finish_and_clear();

@@ -1006,7 +1006,9 @@ fn write_plan(file: &mut File, plan: &[PlanEntry], into: &Path) -> std::result::
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
     let (mut count, mut bytes) = (0u64, 0u64);
     let entries = archive.entries().map_err(|e| WriteError::Refused(format!("not a tar.gz archive ({e})")))?;
+    let mut seen = 0;
     for (i, entry) in entries.enumerate() {
+        seen = i + 1;
         let mut entry = entry.map_err(|e| WriteError::Refused(format!("damaged archive ({e})")))?;
         let (path, planned, mode, mtime) =
             plan.get(i).ok_or_else(|| WriteError::Refused("the archive changed while extracting".into()))?;
@@ -1056,6 +1058,9 @@ fn write_plan(file: &mut File, plan: &[PlanEntry], into: &Path) -> std::result::
             }
         }
         count += 1;
+    }
+    if seen != plan.len() {
+        return Err(WriteError::Refused("the archive changed while extracting".into()));
     }
     // Directory modes last, deepest first, so a read-only directory does not stop its
     // own contents from being written.

@@ -639,7 +639,7 @@ fn duplicate_warnings(by_agent: &[(String, AgentResults)], warnings: &mut Vec<St
     for (task, agents) in dups {
         {
             warnings.push(format!(
-                "task {task:?} is reported by agents {}; by_task keeps {:?}'s entry",
+                "task {task:?} is reported by agents {}; by_task keeps the entry of {}",
                 agents.join(", "),
                 agents.last().copied().unwrap_or_default()
             ));
@@ -790,6 +790,38 @@ mod tests {
         assert_eq!(c.performance(), Performance { throughput: None, success_rate: Some(1.0), average_time: Some(0.0) });
         let (_t, c) = collected(&[("a.json", r#"{"tasks": [], "execution_time": 5}"#)]);
         assert_eq!(c.performance().throughput, Some(0.0));
+    }
+
+    #[test]
+    fn rates_are_finite_or_null_for_any_totals() {
+        let values = [0.0, 1e-300, 0.5, 1.0, 3.0, 1e300, f64::MAX];
+        for &time in &values {
+            for total in [0u64, 1, 7, u64::MAX] {
+                for completed in [0u64, 1, total] {
+                    let s = Summary {
+                        total_tasks: total,
+                        completed_tasks: completed.min(total),
+                        failed_tasks: 0,
+                        total_time: time,
+                        agents_used: 1,
+                        by_status: BTreeMap::new(),
+                        unreadable_files: 0,
+                    };
+                    let p = performance(&s);
+                    for r in [p.throughput, p.success_rate, p.average_time].into_iter().flatten() {
+                        assert!(r.is_finite(), "{r} from {total} tasks in {time} s");
+                    }
+                    let text = serde_json::to_string(&p).expect("ser");
+                    assert!(!text.contains("NaN") && !text.contains("inf"), "{text}");
+                    if total == 0 {
+                        assert!(p.success_rate.is_none() && p.average_time.is_none());
+                    }
+                    if time == 0.0 {
+                        assert!(p.throughput.is_none());
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -419,6 +419,7 @@ fn timeline(o: &mut String, lanes: &BTreeSet<&str>, spans: &[Span]) {
         ("requeued", "requeued"),
         ("running", "running"),
         ("other", "other"),
+        ("completed retry", "retry"),
     ]
     .iter()
     .enumerate()
