@@ -176,7 +176,12 @@ pub fn rename_noclobber(from: &Path, to: &Path) -> Result<bool> {
             }
         }
         std::fs::hard_link(from, to)?;
-        std::fs::remove_file(from)
+        match std::fs::remove_file(from) {
+            // Another mover that lost the race may have removed the old name already;
+            // the file is where it belongs, which is what matters.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     })
 }
 
