@@ -225,7 +225,10 @@ fn rewrite_record(path: &Path, t: &Task) -> Result<()> {
 fn new_token() -> String {
     use std::io::Read;
     let mut b = [0u8; 8];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
+    // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer `b`.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
+    let random = usize::try_from(got).is_ok_and(|n| n == b.len())
+        || std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
     if !random {
         let n = time::unix_ms(SystemTime::now()) ^ (u64::from(std::process::id()) << 40);
         b = n.to_le_bytes();
@@ -788,6 +791,7 @@ pub fn release(dir: &SessionDir, id: &str, holder: &Holder, timeout: Duration) -
 }
 
 /// Moves a held claim back to pending, or to failed when no attempts are left.
+#[allow(clippy::too_many_arguments)]
 fn requeue_held(
     dir: &SessionDir,
     guard: LockGuard,
