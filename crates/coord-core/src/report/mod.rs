@@ -907,4 +907,30 @@ mod tests {
         assert!(!c.complete());
         assert_eq!(c.summary().unreadable_files, 4);
     }
+
+    #[test]
+    fn a_results_log_is_merged_with_the_agents_own_file() {
+        let log = concat!(
+            r#"{"agent": "a", "tasks": [{"id": "t2", "status": "completed"}], "execution_time": 1.5}"#,
+            "\n",
+            r#"{"agent": "a", "tasks": [{"id": "t3", "status": "failed", "reason": "x"}], "execution_time": 0.5}"#,
+            "\n",
+            r#"{"agent": "a", "tasks": [{"id": "t4", "sta"#,
+        );
+        let (_t, c) = collected(&[
+            ("a.json", r#"{"tasks": [{"id": "t1", "status": "completed"}], "execution_time": 3, "note": "n"}"#),
+            ("a.jsonl", log),
+            ("b.jsonl", "{\"tasks\": [{\"id\": \"t5\", \"status\": \"completed\"}]}\nnot json\n"),
+        ]);
+        assert_eq!(c.by_agent.len(), 1, "one entry per agent; b's log has a bad line");
+        let (agent, r) = &c.by_agent[0];
+        assert_eq!(agent, "a");
+        let ids: Vec<_> = r.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t1", "t2", "t3"], "the unfinished last line is not read");
+        assert_eq!(r.execution_time, Some(5.0));
+        let raw = serde_json::to_value(r).expect("ser");
+        assert_eq!((raw["note"].as_str(), raw["tasks"].as_array().map(Vec::len)), (Some("n"), Some(3)));
+        assert_eq!(c.errors.len(), 1);
+        assert_eq!((c.errors[0].file.as_str(), c.errors[0].line), ("results/b.jsonl", Some(2)));
+    }
 }
