@@ -166,6 +166,11 @@ impl Signals {
         Ok(Signals { reader })
     }
 
+    /// The descriptor that becomes readable when a signal arrives (for poll(2)).
+    pub fn fd(&self) -> RawFd {
+        self.reader.as_raw_fd()
+    }
+
     /// Whether a signal has arrived (does not consume it).
     pub fn received(&self) -> bool {
         let mut buf = [0u8; 1];

@@ -48,8 +48,13 @@ fn the_life_of_a_task() {
     assert!(err.to_string().contains("claim lost"), "{err}");
     let p = count(&list_all(&dir).expect("list"));
     assert_eq!((p.total, p.completed, p.operation_progress), (1, 1, 100));
-    let results: Value = fsio::read_json(&dir.result_file("a")).expect("results");
+    let log = std::fs::read_to_string(dir.result_log("a")).expect("results log");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    let results: Value = serde_json::from_str(log.trim_end()).expect("one seed-shaped document");
     assert_eq!(results["tasks"][0]["id"], "x");
+    assert_eq!(results["agent"], "a");
+    let r = crate::report::read_result_log(&dir.result_log("a")).expect("aggregate reads it");
+    assert_eq!(r.tasks.len(), 1);
 }
 
 #[test]
