@@ -24,9 +24,7 @@ scratch=$(mktemp -d "${TMPDIR:-/tmp}/coord-scratch.XXXXXX") # the script's own f
 # Background processes to stop when the script ends, however it ends.
 coord_pids=()
 coord_cleanup() {
-  local p
-  for p in "${coord_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-  for p in "${coord_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  stop_bg
   rm -rf "$scratch"
 }
 trap coord_cleanup EXIT
@@ -46,6 +44,15 @@ wait_bg() {
   for p in "${coord_pids[@]}"; do wait "$p" || rc=1; done
   coord_pids=()
   return $rc
+}
+
+# stop_bg: SIGTERM to every background process started with bg (and what it runs), then
+# wait for them. `taskd work` releases its task and unregisters; healthmon stops.
+stop_bg() {
+  local p
+  for p in "${coord_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  for p in "${coord_pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  coord_pids=()
 }
 
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
