@@ -15,6 +15,10 @@ pub const LOCK_TIMEOUT: &str = "COORD_LOCK_TIMEOUT";
 /// of inotify (network filesystems, where other hosts' writes raise no inotify events).
 pub const POLL_MS: &str = "COORD_POLL_MS";
 
+/// `KIND:DIR`: write shell completions or man pages into DIR instead of running
+/// (see `cli::parse`).
+pub const GENERATE: &str = "COORD_GENERATE";
+
 /// The base directory used when neither `--base` nor `COORD_BASE` is given.
 pub const DEFAULT_BASE: &str = "/tmp/claude-agents";
 /// Default bound on lock waits, in seconds.
