@@ -10,5 +10,7 @@ mod aggregate;
 mod archive;
 mod foundation;
 mod healthmon;
+mod help;
 mod msgq;
+mod patterns;
 mod taskd;

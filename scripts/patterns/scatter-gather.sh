@@ -4,8 +4,8 @@
 #   scripts/patterns/scatter-gather.sh
 #
 # The job: find a factor of N (default 360007 x 1000003). SOLVERS agents each take one
-# slice of the candidates (one task each) and search it. Solver s1 is careless: it
-# answers at once without checking, so the coordinator has to check every answer.
+# slice of the candidates (one task each) and search it. Solver s1 is hasty: it sends a
+# guess at once before it searches, so the coordinator has to check every answer.
 #
 # scatter: the coordinator (this script) submits one task per slice and broadcasts the
 #          job (`msgq broadcast`); every solver claims a slice and searches it, looking
@@ -32,8 +32,11 @@ solver() {
   n=$(jq .payload.n <<<"$job")
   if task=$(taskd claim "$me"); then
     id=$(jq -r .id <<<"$task") lo=$(jq .payload.lo <<<"$task") hi=$(jq .payload.hi <<<"$task")
+    if [ "$me" = s1 ]; then # the hasty one
+      msgq send --from "$me" --to coordinator --type answer --payload "{\"task\": \"$id\", \"factor\": $lo}" >/dev/null
+    fi
     for ((d = lo; d <= hi; d++)); do
-      if [ "$me" = s1 ] || ((n % d == 0)); then found=$d; break; fi
+      if ((n % d == 0)); then found=$d; break; fi
       # every 10000 candidates: stop if the job was cancelled
       if ((d % 10000 == 0)) && msgq recv "$me" --ack >/dev/null 2>&1; then cancelled=1; break; fi
     done

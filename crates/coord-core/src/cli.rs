@@ -139,10 +139,7 @@ fn man_pages(
 ) -> std::result::Result<(), String> {
     let path = dir.join(format!("{page}.1"));
     let mut out = Vec::new();
-    clap_mangen::Man::new(cmd.clone())
-        .title(page.to_string())
-        .render(&mut out)
-        .map_err(|e| e.to_string())?;
+    clap_mangen::Man::new(cmd.clone()).title(page.to_string()).render(&mut out).map_err(|e| e.to_string())?;
     std::fs::write(&path, out).map_err(|e| format!("{}: {e}", path.display()))?;
     written.push(path);
     for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
