@@ -219,7 +219,7 @@ fn scatter_gather_has_one_winner_and_no_task_left_running() {
     assert_eq!(won.len(), 1, "winners: {won:?}");
     assert!(all.iter().all(|t| t["status"] == "completed" || t["status"] == "cancelled"), "{all:?}");
     let factor = won[0]["results"]["factor"].as_u64().expect("factor");
-    assert!(factor > 1 && factor < n && n % factor == 0, "{factor} does not divide {n}");
+    assert!(factor > 1 && factor < n && n.is_multiple_of(factor), "{factor} does not divide {n}");
     let winner = env.json("state/scatter.json");
     assert_eq!(winner["winner"], won[0]["assigned_to"]);
     assert_eq!(winner["factor"], factor);
