@@ -454,3 +454,23 @@ fn task_and_message_gates_fail_on_sessions_built_to_fail_them() {
     // w2 is gone now, with the message still in flight.
     assert_gate_fails(&env, "messages_delivered", "w2 (1, agent terminated)");
 }
+
+/// Regression: a total time whose shortest decimal form needs 17 digits (0.1 + 3.41 =
+/// 3.5100000000000002) must read back equal, or `report_generated` calls the stored
+/// report stale once the session is archived.
+#[test]
+fn report_generated_holds_for_times_that_need_17_digits() {
+    let env = TestEnv::with_session();
+    for (agent, t) in [("w1", 0.1), ("w2", 3.41)] {
+        env.cmd("registry").args(["register", agent, "--type", "worker"]).ok();
+        let r = json!({"tasks": [{"id": format!("t-{agent}"), "status": "completed"}], "execution_time": t});
+        std::fs::write(env.dir().join(format!("results/{agent}.json")), r.to_string()).expect("write");
+        env.cmd("registry").args(["unregister", agent]).ok();
+    }
+    env.cmd("aggregate").ok();
+    env.cmd("archive").ok();
+    let out = env.cmd("aggregate").arg("--gates").run();
+    let gates = out.json()["gates"].clone();
+    let gate = gates.as_array().expect("gates").iter().find(|g| g["id"] == "report_generated").expect("gate").clone();
+    assert_eq!(gate["ok"], true, "{gate}");
+}

@@ -11,5 +11,7 @@ mod archive;
 mod distributed;
 mod foundation;
 mod healthmon;
+mod help;
 mod msgq;
+mod patterns;
 mod taskd;

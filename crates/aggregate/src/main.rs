@@ -55,7 +55,7 @@ cannot write), 2 bad usage (no such session), 4 report written but incomplete: s
 input could not be read (listed under errors, with line and column).";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("aggregate", || {
         let dir = args.session.open()?;
         let outcome = report::aggregate(&dir, args.session.lock_timeout())?;

@@ -74,7 +74,7 @@ damaged archive, a non-empty extract target: nothing was written).";
 const PROGRESS_MIN_ENTRIES: u64 = 2000;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("archive", || {
         let base = Base::new(&args.session.base);
         match &args.command {

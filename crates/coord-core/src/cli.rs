@@ -78,3 +78,72 @@ where
         }
     }
 }
+
+/// Parses the command line into `A`, as `A::parse()` does; with `COORD_GENERATE` set,
+/// writes shell completions or man pages generated from `A`'s definition instead, prints
+/// the paths written, and exits.
+///
+/// `COORD_GENERATE=KIND:DIR` with KIND one of `bash`, `zsh`, `fish`, `elvish`,
+/// `powershell` (a completion script) or `man` (one page for the tool and one per
+/// subcommand) writes into DIR, which must exist. Packagers and `scripts/install.sh`
+/// use it; a bad value is exit 2.
+pub fn parse<A: clap::Parser>() -> A {
+    if let Some(spec) = std::env::var_os(env::GENERATE) {
+        let code = match generate(A::command(), &spec.to_string_lossy()) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("{}", p.display());
+                }
+                exit::OK
+            }
+            Err(msg) => {
+                #[allow(clippy::print_stderr)] // before logging is set up, and it must show
+                {
+                    eprintln!("{}: error: {}={spec:?}: {msg}", A::command().get_name(), env::GENERATE);
+                }
+                exit::USAGE
+            }
+        };
+        std::process::exit(i32::from(code));
+    }
+    A::parse()
+}
+
+/// Writes the completions or man pages `spec` (`KIND:DIR`) asks for; returns the files.
+fn generate(mut cmd: clap::Command, spec: &str) -> std::result::Result<Vec<PathBuf>, String> {
+    use clap_complete::Shell;
+    let (kind, dir) = spec.split_once(':').ok_or("expected KIND:DIR, e.g. bash:/tmp/out")?;
+    let dir = PathBuf::from(dir);
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let name = cmd.get_name().to_string();
+    if kind == "man" {
+        cmd.build();
+        let mut written = Vec::new();
+        man_pages(&cmd, &name, &dir, &mut written)?;
+        return Ok(written);
+    }
+    let shell: Shell =
+        kind.parse().map_err(|_| format!("unknown kind {kind:?}: bash, zsh, fish, elvish, powershell or man"))?;
+    let path = clap_complete::generate_to(shell, &mut cmd, &name, &dir).map_err(|e| e.to_string())?;
+    Ok(vec![path])
+}
+
+/// One page for `cmd` (named `page`) and, recursively, one per visible subcommand.
+fn man_pages(
+    cmd: &clap::Command,
+    page: &str,
+    dir: &std::path::Path,
+    written: &mut Vec<PathBuf>,
+) -> std::result::Result<(), String> {
+    let path = dir.join(format!("{page}.1"));
+    let mut out = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).title(page.to_string()).render(&mut out).map_err(|e| e.to_string())?;
+    std::fs::write(&path, out).map_err(|e| format!("{}: {e}", path.display()))?;
+    written.push(path);
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+        man_pages(sub, &format!("{page}-{}", sub.get_name()), dir, written)?;
+    }
+    Ok(())
+}

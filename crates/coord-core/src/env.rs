@@ -22,6 +22,10 @@ pub fn forced_poll() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms.max(1)))
 }
 
+/// `KIND:DIR`: write shell completions or man pages into DIR instead of running
+/// (see `cli::parse`).
+pub const GENERATE: &str = "COORD_GENERATE";
+
 /// The base directory used when neither `--base` nor `COORD_BASE` is given.
 pub const DEFAULT_BASE: &str = "/tmp/claude-agents";
 /// Default bound on lock waits, in seconds.

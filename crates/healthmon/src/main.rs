@@ -72,7 +72,7 @@ alive), 1 failed (another healthmon watches the session; --once: an agent was de
 dead or hung, or a problem was met), 2 bad usage (no such session, unsafe base)";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("healthmon", || {
         let dir = args.session.open()?;
         match args.command {

@@ -156,7 +156,7 @@ Exit codes: 0 ok (watch: also when stopped by SIGINT, SIGTERM or a closed pipe),
 3 nothing available (recv: mailbox empty, or --timeout passed)";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("msgq", || {
         let dir = args.session.open()?;
         match args.command {

@@ -134,7 +134,7 @@ fn parse_field(s: &str) -> Result<(String, Value), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("registry", || {
         let dir = args.session.open()?;
         let timeout = args.session.lock_timeout();

@@ -38,7 +38,7 @@ Examples:
 Exit codes: 0 created, 1 could not create (I/O error), 2 invalid operation or unsafe base";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("session-init", || {
         let base = Base::new(&args.base);
         let dir = session::init(&base, &args.operation)?;

@@ -84,7 +84,7 @@ invalid JSON, lock timeout), 2 bad usage (invalid id or pointer, invalid JSON VA
 such session). `state lock` exits with CMD's code (127 not found, 126 not runnable).";
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("state", || {
         let dir = args.session.open()?;
         let timeout = args.session.lock_timeout();

@@ -280,7 +280,7 @@ fn read_batch() -> coord_core::Result<Vec<NewTask>> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = cli::parse();
     cli::run("taskd", || {
         let dir = args.session.open()?;
         let timeout = args.session.lock_timeout();
