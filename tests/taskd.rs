@@ -147,6 +147,99 @@ fn kill_9_of_workers_30_times_then_requeue_completes_every_task_once() {
     assert_all_json_parse(&env.dir());
 }
 
+/// A parent `p` claimed by `w1` with a child `c` waiting for it; returns the claim.
+fn parent_and_child(env: &TestEnv) -> Value {
+    register(env, "w1", "worker", &[]);
+    submit(env, &["--id", "p"]);
+    submit(env, &["--id", "c", "--after", "p"]);
+    claim(env, "w1").expect("w1 claims p")
+}
+
+/// After a completion of `p` with `{"answer": 42}` (however interrupted, and finished by
+/// whatever ran since): the result is kept, the child runs, waiters see the end, and the
+/// results file has one entry for `p`.
+fn assert_parent_finished(env: &TestEnv, what: &str) {
+    let p = status(env, "p");
+    assert_eq!((&p["status"], &p["results"]), (&json!("completed"), &json!({"answer": 42})), "{what}: {p}");
+    assert_eq!(status(env, "c")["status"], "pending", "{what}: the child is released");
+    let c = claim(env, "w1").expect("c is claimable");
+    env.cmd("taskd").args(["complete", "c", "--token", c["claim_token"].as_str().expect("token")]).ok();
+    let w = env.cmd("taskd").args(["wait", "--timeout", "5"]).ok().json();
+    assert_eq!(w["completed"], 2, "{what}: {w}");
+    let entries = env.json("results/w1.json")["tasks"].as_array().expect("tasks").clone();
+    assert_eq!(entries.iter().filter(|e| e["id"] == "p").count(), 1, "{what}: {entries:?}");
+    assert!(std::fs::read_dir(env.dir().join("tasks/finishing")).expect("finishing").next().is_none(), "{what}");
+}
+
+#[test]
+fn a_completion_killed_before_its_follow_up_is_finished_by_requeue_expired() {
+    let env = TestEnv::with_session();
+    let mut t = parent_and_child(&env);
+    // The state a completer killed right after publishing leaves: the final record in
+    // done/, its follow-up owed (dependents, results entry, bell) and not run.
+    let tasks = env.dir().join("tasks");
+    let obj = t.as_object_mut().expect("record");
+    for k in ["claim_token", "lease_seconds", "lease_expires_at"] {
+        obj.remove(k);
+    }
+    obj.insert("status".into(), json!("completed"));
+    obj.insert("completed_at".into(), json!("2026-01-01T00:00:01.000Z"));
+    obj.insert("results".into(), json!({"answer": 42}));
+    std::fs::write(tasks.join("done/p.json"), t.to_string()).expect("plant done record");
+    std::fs::remove_file(tasks.join("claimed/p.json")).expect("claimed record moved");
+    std::fs::create_dir_all(tasks.join("finishing")).expect("dir");
+    std::fs::write(tasks.join("finishing/p"), b"").expect("plant mark");
+    assert_eq!(status(&env, "c")["status"], "blocked");
+    let r = env.cmd("taskd").args(["requeue", "--expired"]).ok().json();
+    assert_eq!(r["requeued"], 0, "{r}");
+    assert_parent_finished(&env, "planted");
+}
+
+#[test]
+fn a_complete_killed_at_any_rename_loses_nothing() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let taskd = crate::util::bin("taskd");
+    for syscall in ["renameat", "rename"] {
+        for k in 1.. {
+            let env = TestEnv::with_session();
+            let t = parent_and_child(&env);
+            let token = t["claim_token"].as_str().expect("token").to_string();
+            let mut strace = std::process::Command::new("strace");
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("COORD_") || key == "RUST_LOG" {
+                    strace.env_remove(key);
+                }
+            }
+            let killed = !strace
+                .env("COORD_BASE", &env.base)
+                .env("COORD_SESSION", env.sid())
+                .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={syscall}")])
+                .arg("-e")
+                .arg(format!("inject={syscall}:signal=SIGKILL:when={k}"))
+                .arg(&taskd)
+                .args(["complete", "p", "--token", &token, "--result", r#"{"answer":42}"#])
+                .output()
+                .expect("run strace")
+                .status
+                .success();
+            let what = format!("killed on {syscall} #{k}");
+            env.cmd("taskd").args(["requeue", "--expired"]).ok();
+            if status(&env, "p")["status"] == "claimed" {
+                // Killed before the completion was published: the holder's retry works.
+                env.cmd("taskd").args(["complete", "p", "--token", &token, "--result", r#"{"answer":42}"#]).ok();
+            }
+            assert_parent_finished(&env, &what);
+            if !killed {
+                break;
+            }
+            assert!(k < 20, "{what}: complete should have run out of renames");
+        }
+    }
+}
+
 #[test]
 fn a_stale_holder_is_refused_and_the_new_holder_accepted() {
     let env = TestEnv::with_session();
