@@ -511,6 +511,37 @@ fn work_runs_a_command_that_fails_on_some_inputs() {
 }
 
 #[test]
+fn a_worker_restarted_under_the_id_of_a_dead_one_registers_itself() {
+    let env = TestEnv::with_session();
+    // w1's registered process is gone (a worker killed before healthmon noticed).
+    let mut old = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
+    env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &old.id().to_string()]).ok();
+    old.kill().expect("kill");
+    old.wait().expect("reap");
+    submit(&env, &["--id", "t1"]);
+    // The task runs a healthmon tick, then reports w1's registration as its result.
+    let script = r#""$0" --once >/dev/null 2>&1; "$1" show w1"#;
+    let hm = crate::util::bin("healthmon");
+    let reg = crate::util::bin("registry");
+    let worker =
+        env.cmd("taskd").args(["work", "w1", "--max-tasks", "1", "--", "sh", "-c", script]).arg(&hm).arg(&reg).spawn();
+    let pid = worker.id();
+    let out = worker.wait_with_output().expect("worker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).expect("outcome");
+    assert_eq!(line["status"], "completed", "the live worker's task was not requeued: {line}");
+    let seen = status(&env, "t1")["results"].clone();
+    assert_eq!((&seen["pid"], &seen["status"]), (&json!(pid), &json!("active")), "{seen}");
+    // A live process registered under the id (not this worker's own agent) is refused.
+    let mut other = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
+    env.cmd("registry").args(["register", "w2", "--type", "worker", "--pid", &other.id().to_string()]).ok();
+    env.cmd("taskd").args(["work", "w2", "--max-tasks", "1", "--", "true"]).code(1).stderr_has(&["another worker"]);
+    assert_eq!(env.cmd("registry").args(["show", "w2"]).ok().json()["pid"], json!(other.id()));
+    other.kill().expect("kill");
+    other.wait().expect("reap");
+}
+
+#[test]
 fn claim_wait_wakes_on_submit_and_times_out_with_exit_3() {
     let env = TestEnv::with_session();
     register(&env, "a", "worker", &[]);
