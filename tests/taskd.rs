@@ -612,6 +612,30 @@ fn cancel_stops_a_task_and_its_dependents() {
 }
 
 #[test]
+fn a_record_whose_id_escapes_is_set_aside_and_the_pass_goes_on() {
+    let env = TestEnv::with_session();
+    register(&env, "w1", "worker", &[]);
+    submit(&env, &["--id", "real"]);
+    let mut t = env.cmd("taskd").args(["claim", "w1", "--lease", "0.2"]).ok().json();
+    // A copy of a real claimed record whose content names a task outside the session.
+    let outside = env.root.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    t["id"] = json!("../../../../outside/PWNED");
+    let planted = env.dir().join("tasks/claimed/x.json");
+    std::fs::write(&planted, t.to_string()).expect("plant");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = env.cmd("taskd").args(["requeue", "--expired"]).ok();
+    out.stderr_has(&["aside"]);
+    let r = out.json();
+    assert_eq!((&r["requeued"], &r["tasks"]), (&json!(1), &json!(["real"])), "the genuine lapsed claim: {r}");
+    assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 0, "nothing created outside the session");
+    assert!(!planted.exists());
+    assert_eq!(std::fs::read_dir(env.dir().join("tasks/garbage")).expect("garbage").count(), 1);
+    assert_eq!(status(&env, "real")["status"], "pending");
+    env.cmd("taskd").args(["show", "x"]).code(1);
+}
+
+#[test]
 fn bad_input_gets_a_clear_error_and_garbage_is_set_aside() {
     let env = TestEnv::with_session();
     register(&env, "a", "worker", &[]);

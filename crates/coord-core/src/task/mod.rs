@@ -366,6 +366,17 @@ fn locate(dir: &SessionDir, id: &str) -> Result<Option<(Status, PathBuf)>> {
 
 fn read_record(path: &Path, s: Status) -> Result<Task> {
     let mut t: Task = fsio::read_json(path)?;
+    // Paths are built from the id: it must be valid and the one the file is named for.
+    let stem = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json"));
+    let named = if s == Status::Pending { stem.and_then(|n| n.split_once('.')).map(|(_, i)| i) } else { stem };
+    if id::validate("task", &t.id).is_err() || named != Some(t.id.as_str()) {
+        return Err(Error::Malformed {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("the record's id {:?} is not a valid task id matching its file name", t.id),
+        });
+    }
     if !(s == Status::Claimed && t.status == "assigned") {
         t.status = s.name().to_string();
     }
@@ -992,32 +1003,15 @@ fn requeue_where(dir: &SessionDir, why: &dyn Fn(&Task) -> Option<String>, timeou
         if why(&t).is_none() {
             continue;
         }
-        let mut guard = task_lock(dir, &t.id, timeout)?;
-        if finishing_file(dir, &t.id).exists() {
-            // Its holder was finishing it: finish that rather than requeue.
-            match finish_one(dir, &t.id, guard, timeout)? {
-                Some(g) => guard = g,
-                None => continue,
+        // One task that cannot be requeued does not stop the others.
+        let after = match requeue_one(dir, why, &t, timeout) {
+            Ok(Some(after)) => after,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("task {:?}: not requeued: {e}", t.id);
+                continue;
             }
-        }
-        let path = status_file(dir, Status::Claimed, &t.id);
-        let current = match read_record(&path, Status::Claimed) {
-            Ok(c) => c,
-            Err(e) if fsio::is_not_found(&e) => continue,
-            Err(e) => return Err(e),
         };
-        // Re-check under the lock: the claim may have changed since the listing.
-        if current.claim_token != t.claim_token {
-            continue;
-        }
-        let Some(reason) = why(&current) else { continue };
-        let err = TaskError {
-            attempt: current.attempts,
-            agent: current.assigned_to.clone(),
-            at: time::now_rfc3339(),
-            error: reason,
-        };
-        let after = requeue_held(dir, guard, current, &path, true, Some(err), timeout)?;
         if after.state() == Some(Status::Failed) {
             report.failed += 1;
         } else {
@@ -1026,6 +1020,41 @@ fn requeue_where(dir: &SessionDir, why: &dyn Fn(&Task) -> Option<String>, timeou
         report.tasks.push(after.id);
     }
     Ok(report)
+}
+
+/// Requeues one listed claim under its lock if it still qualifies.
+fn requeue_one(
+    dir: &SessionDir,
+    why: &dyn Fn(&Task) -> Option<String>,
+    t: &Task,
+    timeout: Duration,
+) -> Result<Option<Task>> {
+    let mut guard = task_lock(dir, &t.id, timeout)?;
+    if finishing_file(dir, &t.id).exists() {
+        // Its holder was finishing it: finish that rather than requeue.
+        match finish_one(dir, &t.id, guard, timeout)? {
+            Some(g) => guard = g,
+            None => return Ok(None),
+        }
+    }
+    let path = status_file(dir, Status::Claimed, &t.id);
+    let current = match read_record(&path, Status::Claimed) {
+        Ok(c) => c,
+        Err(e) if fsio::is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Re-check under the lock: the claim may have changed since the listing.
+    if current.claim_token != t.claim_token {
+        return Ok(None);
+    }
+    let Some(reason) = why(&current) else { return Ok(None) };
+    let err = TaskError {
+        attempt: current.attempts,
+        agent: current.assigned_to.clone(),
+        at: time::now_rfc3339(),
+        error: reason,
+    };
+    requeue_held(dir, guard, current, &path, true, Some(err), timeout).map(Some)
 }
 
 /// Returns every task claimed by `agent` to the queue, counting the attempt; a task

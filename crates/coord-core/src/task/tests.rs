@@ -191,3 +191,21 @@ fn a_mark_without_final_content_leaves_the_claim() {
     assert_eq!(show(&dir, "p").expect("p").claim_token, t.claim_token);
     complete(&dir, "p", &Holder { agent: None, token: t.claim_token }, json!(1), T).expect("complete");
 }
+
+/// A claim that cannot be requeued (here its lock stays busy) is logged and skipped; the
+/// pass requeues the others.
+#[test]
+fn a_claim_that_cannot_be_requeued_does_not_stop_the_pass() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![task("x"), task("y")], T).expect("submit");
+    let opts = ClaimOptions { lease: Duration::ZERO, assigned_by: None };
+    claim(&dir, "a", &opts, T).expect("claim").expect("x");
+    claim(&dir, "a", &opts, T).expect("claim").expect("y");
+    std::thread::sleep(Duration::from_millis(20));
+    let busy = task_lock(&dir, "x", T).expect("hold x");
+    let r = requeue_expired(&dir, Duration::from_millis(100)).expect("the pass goes on");
+    assert_eq!(r.tasks, vec!["y".to_string()]);
+    drop(busy);
+    assert_eq!(requeue_expired(&dir, T).expect("requeue").tasks, vec!["x".to_string()]);
+}
