@@ -513,9 +513,12 @@ fn work_runs_a_command_that_fails_on_some_inputs() {
 #[test]
 fn a_worker_restarted_under_the_id_of_a_dead_one_registers_itself() {
     let env = TestEnv::with_session();
-    // w1's registered process is gone (a worker killed before healthmon noticed).
+    // w1's registered process is gone (a worker killed before healthmon noticed), and
+    // its claim of t0 with it.
     let mut old = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
     env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &old.id().to_string()]).ok();
+    submit(&env, &["--id", "t0"]);
+    claim(&env, "w1").expect("the old w1 claims t0");
     old.kill().expect("kill");
     old.wait().expect("reap");
     submit(&env, &["--id", "t1"]);
@@ -529,9 +532,12 @@ fn a_worker_restarted_under_the_id_of_a_dead_one_registers_itself() {
     let out = worker.wait_with_output().expect("worker");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let line: Value = serde_json::from_slice(&out.stdout).expect("outcome");
-    assert_eq!(line["status"], "completed", "the live worker's task was not requeued: {line}");
-    let seen = status(&env, "t1")["results"].clone();
+    assert_eq!((&line["id"], &line["status"]), (&json!("t0"), &json!("completed")), "not requeued under it: {line}");
+    let t0 = status(&env, "t0");
+    assert_eq!(t0["attempts"], 2, "the dead process's claim was requeued at the restart: {t0}");
+    let seen = t0["results"].clone();
     assert_eq!((&seen["pid"], &seen["status"]), (&json!(pid), &json!("active")), "{seen}");
+    assert_eq!(status(&env, "t1")["status"], "pending");
     // A live process registered under the id (not this worker's own agent) is refused.
     let mut other = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
     env.cmd("registry").args(["register", "w2", "--type", "worker", "--pid", &other.id().to_string()]).ok();

@@ -119,7 +119,8 @@ fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) ->
             }
             Ok(false)
         }
-        _ => {
+        old => {
+            let dead_here = matches!(&old, Ok(a) if a.status == agent_status::ACTIVE && a.host == crate::sys::host());
             let req = registry::Registration {
                 id: opts.agent.clone(),
                 agent_type: opts.agent_type.clone().unwrap_or_else(|| "worker".to_string()),
@@ -128,6 +129,15 @@ fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) ->
                 replace: true,
             };
             registry::register(dir, &req, timeout)?;
+            if dead_here {
+                // What the dead process held goes back to the queue, as healthmon would
+                // have done; this process has claimed nothing yet.
+                let why = format!("agent {} restarted; its previous process is gone", opts.agent);
+                let r = super::requeue_agent(dir, &opts.agent, &why, timeout)?;
+                if !r.tasks.is_empty() {
+                    log::warn!("{why}: requeued its tasks {:?}", r.tasks);
+                }
+            }
             Ok(true)
         }
     }
