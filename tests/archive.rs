@@ -327,3 +327,29 @@ fn bad_requests_are_usage_errors() {
     env.cmd("archive").args(["--session", "../etc"]).code(2);
     assert_eq!(env.json("session.json")["status"], "active");
 }
+
+#[test]
+fn a_failed_rearchive_keeps_the_earlier_archive() {
+    let env = crate::util::TestEnv::with_session();
+    let first = env.cmd("archive").ok().json();
+    let path = std::path::PathBuf::from(first["archive"].as_str().expect("archive path"));
+    let before = std::fs::read(&path).expect("read archive");
+    // Make the session directory immutable so the second run fails after its new archive
+    // is in place, when it updates session.json (root ignores permissions, not this flag).
+    let immutable = std::process::Command::new("chattr").arg("+i").arg(env.dir()).status();
+    if !immutable.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: chattr +i is not available here");
+        return;
+    }
+    let out = env.cmd("archive").run();
+    let _ = std::process::Command::new("chattr").arg("-i").arg(env.dir()).status();
+    out.assert_code(1);
+    assert_eq!(std::fs::read(&path).expect("earlier archive still there"), before);
+    let leftovers: Vec<_> = std::fs::read_dir(&env.base)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
+}

@@ -230,6 +230,12 @@ fn get_set_and_pointers() {
     env.cmd("state").args(["get", "global", "phase"]).code(2).stderr_has(&["pointer"]);
     env.cmd("state").args(["set", "global", "/phase", "not json"]).code(2).stderr_has(&["--string"]);
     env.cmd("state").args(["get", "missing"]).code(1).stderr_has(&["missing.json"]);
+    // Numbers come back exactly as given (found by the record property tests: without
+    // exact float parsing this one came back one unit in the last place off).
+    env.cmd("state").args(["set", "custom", "/f", "-6.810888360678887e+65"]).ok();
+    assert_eq!(env.cmd("state").args(["get", "custom", "/f"]).ok().stdout_str().trim(), "-6.810888360678887e+65");
+    env.cmd("state").args(["set", "custom", "/neg", "-5"]).ok();
+    assert_eq!(env.cmd("state").args(["get", "custom", "/neg"]).ok().json(), json!(-5), "values may start with a dash");
 }
 
 #[test]
@@ -410,4 +416,19 @@ fn help_and_version_work_for_every_tool() {
         let v = env.cmd(tool).arg("--version").ok();
         assert!(v.stdout_str().starts_with(tool), "{}", v.stdout_str());
     }
+}
+
+#[test]
+fn killing_state_lock_kills_its_command_so_it_never_runs_unlocked() {
+    let env = TestEnv::with_session();
+    let pidfile = env.root.path().join("cmd.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 30", pidfile.display());
+    let mut holder = env.cmd("state").args(["lock", "deploy", "--", "sh", "-c", &script]).spawn();
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_to_string(&pidfile).is_ok_and(|s| s.ends_with('\n'))));
+    let pid: i32 = std::fs::read_to_string(&pidfile).expect("pid").trim().parse().expect("pid number");
+    kill9(&mut holder);
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let gone = wait_until(Duration::from_secs(3), || unsafe { libc::kill(pid, 0) } != 0);
+    assert!(gone, "the command under the lock must not outlive `state lock`");
+    env.cmd("state").args(["--lock-timeout", "1", "lock", "deploy", "--", "true"]).ok();
 }

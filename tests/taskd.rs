@@ -57,14 +57,26 @@ fn files_containing(dir: &Path, needle: &str) -> Vec<Value> {
     out
 }
 
-/// Completed entries per task id across every results/<agent>.json.
+/// The seed-shaped documents of one results log, `results/<agent>.jsonl`: one per line,
+/// every line complete.
+fn result_log(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.is_empty() || text.ends_with('\n'), "{} ends in a partial line", path.display());
+    text.lines().map(|l| serde_json::from_str(l).expect("each line is one JSON document")).collect()
+}
+
+/// Completed entries per task id across every results/<agent>.jsonl (the task store's
+/// results logs; nothing else is in results/ in these tests).
 fn result_counts(env: &TestEnv) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for e in std::fs::read_dir(env.dir().join("results")).expect("results") {
-        let v: Value = serde_json::from_slice(&std::fs::read(e.expect("entry").path()).expect("read")).expect("json");
-        for t in v["tasks"].as_array().expect("tasks array") {
-            if t["status"] == "completed" {
-                *counts.entry(t["id"].as_str().expect("id").to_string()).or_insert(0) += 1;
+        let path = e.expect("entry").path();
+        assert_eq!(path.extension().and_then(|x| x.to_str()), Some("jsonl"), "{}", path.display());
+        for v in result_log(&path) {
+            for t in v["tasks"].as_array().expect("tasks array") {
+                if t["status"] == "completed" {
+                    *counts.entry(t["id"].as_str().expect("id").to_string()).or_insert(0) += 1;
+                }
             }
         }
     }
@@ -166,8 +178,8 @@ fn assert_parent_finished(env: &TestEnv, what: &str) {
     env.cmd("taskd").args(["complete", "c", "--token", c["claim_token"].as_str().expect("token")]).ok();
     let w = env.cmd("taskd").args(["wait", "--timeout", "5"]).ok().json();
     assert_eq!(w["completed"], 2, "{what}: {w}");
-    let entries = env.json("results/w1.json")["tasks"].as_array().expect("tasks").clone();
-    assert_eq!(entries.iter().filter(|e| e["id"] == "p").count(), 1, "{what}: {entries:?}");
+    let docs = result_log(&env.dir().join("results/w1.jsonl"));
+    assert_eq!(docs.iter().filter(|d| d["tasks"][0]["id"] == "p").count(), 1, "{what}: {docs:?}");
     assert!(std::fs::read_dir(env.dir().join("tasks/finishing")).expect("finishing").next().is_none(), "{what}");
 }
 
@@ -501,7 +513,8 @@ fn work_runs_a_command_that_fails_on_some_inputs() {
     }
     let a = env.cmd("registry").args(["show", "w"]).ok().json();
     assert_eq!(a["status"], "terminated", "work unregisters the agent it registered");
-    assert_eq!(env.json("results/w.json")["tasks"].as_array().expect("t").len(), 9);
+    let docs = result_log(&env.dir().join("results/w.jsonl"));
+    assert_eq!(docs.iter().map(|d| d["tasks"].as_array().expect("t").len()).sum::<usize>(), 9);
     // Text output becomes a string result; --max-tasks stops the loop.
     submit(&env, &["--id", "text"]);
     submit(&env, &["--id", "text2"]);

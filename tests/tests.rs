@@ -8,6 +8,7 @@ mod util;
 
 mod aggregate;
 mod archive;
+mod distributed;
 mod foundation;
 mod healthmon;
 mod msgq;

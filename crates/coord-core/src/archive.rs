@@ -183,7 +183,25 @@ pub fn create(base: &Base, dir: &SessionDir, opts: &Options, progress: &mut dyn 
         ))
     })?;
     let size = tmp.as_file().metadata().ctx("inspect", tmp.path())?.len();
-    tmp.persist(&output).map_err(|e| Error::io("rename into", &output, e.error))?;
+    // An earlier archive at the same path (a session archived again) is kept aside until
+    // the session is updated, so a failure below puts it back instead of losing it.
+    let previous = match std::fs::symlink_metadata(&output) {
+        Ok(_) => {
+            let aside = out_dir.join(format!(".{file_name}.previous"));
+            std::fs::rename(&output, &aside).ctx("move aside the earlier archive", &output)?;
+            Some(aside)
+        }
+        Err(_) => None,
+    };
+    let restore = |output: &Path| {
+        if let Some(aside) = &previous {
+            let _ = std::fs::rename(aside, output);
+        }
+    };
+    if let Err(e) = tmp.persist(&output) {
+        restore(&output);
+        return Err(Error::io("rename into", &output, e.error));
+    }
     if durable {
         fsio::sync_dir(out_dir)?;
     }
@@ -191,7 +209,11 @@ pub fn create(base: &Base, dir: &SessionDir, opts: &Options, progress: &mut dyn 
     // The archive is in place and verified; now the session may say so.
     if let Err(e) = fsio::write_atomic(&dir.session_json(), &session_bytes) {
         let _ = std::fs::remove_file(&output);
+        restore(&output);
         return Err(e);
+    }
+    if let Some(aside) = &previous {
+        std::fs::remove_file(aside).ctx("remove the earlier archive", aside)?;
     }
     drop(guard);
 

@@ -11,9 +11,16 @@ pub const HOST: &str = "COORD_HOST";
 /// Default bound on lock waits, in seconds (`--lock-timeout`).
 pub const LOCK_TIMEOUT: &str = "COORD_LOCK_TIMEOUT";
 
-/// Milliseconds between mailbox checks for `msgq recv --wait` and `msgq watch` instead
-/// of inotify (network filesystems, where other hosts' writes raise no inotify events).
+/// Milliseconds between checks for every wait (`msgq recv --wait`, `msgq watch`,
+/// `taskd claim --wait`, `taskd wait`, `taskd run`) instead of inotify: for network
+/// filesystems, where other hosts' writes raise no inotify events.
 pub const POLL_MS: &str = "COORD_POLL_MS";
+
+/// The polling interval `COORD_POLL_MS` asks for (at least 1 ms), if any.
+pub fn forced_poll() -> Option<std::time::Duration> {
+    let ms = std::env::var(POLL_MS).ok()?.trim().parse::<u64>().ok()?;
+    Some(std::time::Duration::from_millis(ms.max(1)))
+}
 
 /// The base directory used when neither `--base` nor `COORD_BASE` is given.
 pub const DEFAULT_BASE: &str = "/tmp/claude-agents";

@@ -187,12 +187,18 @@ pub fn load_agents_lenient(dir: &SessionDir) -> Result<(Vec<Agent>, Vec<String>)
     Ok((agents, problems))
 }
 
-/// Marks an agent failed with `failed_at` and `reason`, unless it has meanwhile
-/// unregistered or been marked failed. Returns whether this call changed it.
-pub fn mark_failed(dir: &SessionDir, agent: &str, reason: &str, timeout: Duration) -> Result<bool> {
+/// Marks the agent registration `judged` failed with `failed_at` and `reason`, unless the
+/// registration has changed since it was judged (unregistered, already failed, or
+/// replaced by a new incarnation with another pid or registration time). Returns whether
+/// this call changed it.
+pub fn mark_failed(dir: &SessionDir, judged: &Agent, reason: &str, timeout: Duration) -> Result<bool> {
     let mut changed = false;
-    registry::modify(dir, agent, timeout, |a| {
-        if is_live_status(&a.status) {
+    registry::modify(dir, &judged.id, timeout, |a| {
+        let same = a.registered_at == judged.registered_at
+            && a.pid == judged.pid
+            && a.process_start == judged.process_start
+            && a.host == judged.host;
+        if same && is_live_status(&a.status) {
             a.status = status::FAILED.to_string();
             a.failed_at = Some(time::now_rfc3339());
             a.reason = Some(reason.to_string());
@@ -261,6 +267,30 @@ mod tests {
         assert!(matches!(reused, Liveness::Dead(ref r) if r.contains("another process")), "{reused:?}");
         let gone = judge(&agent("h1", Some(u32::MAX - 1), Some(1)), Some(at(0)), at(5), &here(), stale);
         assert!(matches!(gone, Liveness::Dead(_)));
+    }
+
+    #[test]
+    fn a_registration_replaced_after_judging_is_not_marked_failed() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&crate::Base::new(base.path().join("b")), "t").expect("session");
+        let me = std::process::id();
+        let req = |replace| registry::Registration {
+            id: "w1".into(),
+            agent_type: "t".into(),
+            capabilities: vec![],
+            pid: me,
+            replace,
+        };
+        let t = Duration::from_secs(5);
+        let old = registry::register(&dir, &req(false), t).expect("register");
+        std::thread::sleep(Duration::from_millis(5));
+        registry::register(&dir, &req(true), t).expect("re-register");
+        // The monitor judged the old incarnation; the new one must stay active.
+        assert!(!mark_failed(&dir, &old, "process gone", t).expect("mark"));
+        assert_eq!(registry::show(&dir, "w1").expect("show").status, status::ACTIVE);
+        let current = registry::show(&dir, "w1").expect("show");
+        assert!(mark_failed(&dir, &current, "process gone", t).expect("mark"));
+        assert_eq!(registry::show(&dir, "w1").expect("show").status, status::FAILED);
     }
 
     #[test]
@@ -425,9 +455,9 @@ impl Monitor {
     }
 
     fn recover(&mut self, report: &mut TickReport, agent: &Agent, kind: &str, reason: String) {
-        match mark_failed(&self.dir, &agent.id, &reason, self.cfg.lock_timeout) {
+        match mark_failed(&self.dir, agent, &reason, self.cfg.lock_timeout) {
             Ok(true) => {}
-            Ok(false) => return, // unregistered or handled meanwhile
+            Ok(false) => return, // unregistered, handled or re-registered meanwhile
             Err(e) => {
                 report.problems += 1;
                 if self.once.first(&format!("mark:{}:{e}", agent.id)) {

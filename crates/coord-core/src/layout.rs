@@ -201,6 +201,12 @@ impl SessionDir {
         self.root.join("results").join(format!("{agent}.json"))
     }
 
+    /// `results/<agent>.jsonl`: the task store's append-only results log of an agent
+    /// (one seed-shaped document per line; see docs/layout.md, section `results/`).
+    pub fn result_log(&self, agent: &str) -> PathBuf {
+        self.root.join("results").join(format!("{agent}.jsonl"))
+    }
+
     /// `results/final-report.json`.
     pub fn final_report(&self) -> PathBuf {
         self.root.join("results").join(format!("{FINAL_REPORT_STEM}.json"))
@@ -321,6 +327,12 @@ impl SessionDir {
     /// `state/results.json`: the aggregate `{by_agent, by_task, summary}` view.
     pub fn results_view(&self) -> PathBuf {
         self.state_file(RESULTS_KEY)
+    }
+
+    /// The agent a `results/` log name belongs to: `<agent>.jsonl` with a valid agent id.
+    pub fn result_log_agent(name: &str) -> Option<&str> {
+        let agent = name.strip_suffix(".jsonl")?;
+        id::validate("agent", agent).is_ok().then_some(agent)
     }
 
     /// The agent a `results/` file name belongs to: `<agent>.json` with a valid agent id,

@@ -623,7 +623,7 @@ impl Waiter {
             check_registered(dir, agent)?;
             ensure_mailbox(dir, agent)?;
         }
-        let forced = std::env::var(env::POLL_MS).ok().and_then(|v| v.parse::<u64>().ok());
+        let forced = env::forced_poll();
         let inotify = match forced {
             Some(_) => None,
             None => match inotify::Inotify::init() {
@@ -634,7 +634,7 @@ impl Waiter {
                 }
             },
         };
-        let poll_every = forced.map(|ms| Duration::from_millis(ms.max(1))).unwrap_or(FALLBACK_POLL);
+        let poll_every = forced.unwrap_or(FALLBACK_POLL);
         Ok(Waiter { dir: dir.clone(), agent: agent.to_string(), inotify, poll_every, buf: vec![0; 4096] })
     }
 

@@ -58,7 +58,9 @@ pub fn update(dir: &SessionDir, key: &str, cmd: &[String], timeout: Duration) ->
     let current = fsio::read_json_opt::<Value>(&path)?.unwrap_or(Value::Null);
     let input = fsio::to_json_bytes(&current);
 
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    die_with_parent(&mut command);
+    let mut child = command
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -98,7 +100,9 @@ pub fn with_lock(dir: &SessionDir, name: &str, cmd: &[String], timeout: Duration
     let (program, args) =
         cmd.split_first().ok_or_else(|| Error::Usage("state lock needs a command after --".into()))?;
     let _guard = dir.lock(name, timeout)?;
-    let status = match Command::new(program).args(args).status() {
+    let mut command = Command::new(program);
+    die_with_parent(&mut command);
+    let status = match command.args(args).status() {
         Ok(s) => s,
         Err(e) => {
             log::error!("cannot run {program:?}: {e}");
@@ -106,6 +110,28 @@ pub fn with_lock(dir: &SessionDir, name: &str, cmd: &[String], timeout: Duration
         }
     };
     Ok(exit_code_of(status))
+}
+
+/// Makes a command run under a lock die with us. The lock belongs to this process; if it
+/// is killed while CMD runs, the kernel sends CMD SIGKILL (the parent-death signal), so CMD
+/// never carries on outside the lock it was started under.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: between fork and exec the closure only makes async-signal-safe calls
+    // (prctl, getppid, _exit) and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We may have died before prctl took effect; then nobody would signal.
+            if libc::getppid() != parent {
+                libc::_exit(137);
+            }
+            Ok(())
+        });
+    }
 }
 
 /// A child's exit status as a shell would report it.

@@ -213,9 +213,14 @@ fn parse_payload(text: Option<&str>) -> Result<Value> {
 }
 
 fn recv(dir: &SessionDir, agent: &str, wait: bool, timeout: Option<Duration>, max: usize, ack: bool) -> Result<u8> {
+    // The waiter lives until the messages are printed: closing an inotify descriptor
+    // waits for a kernel grace period (milliseconds, more on a busy machine), which
+    // must not sit between the wake-up and the output.
+    let mut waiter = None;
     let msgs = if wait || timeout.is_some() {
         let deadline = timeout.map(|t| Instant::now() + t);
-        match mailbox::Waiter::new(dir, agent)?.next(max, deadline, &StopFds::default())? {
+        let w = waiter.insert(mailbox::Waiter::new(dir, agent)?);
+        match w.next(max, deadline, &StopFds::default())? {
             Waited::Messages(m) => m,
             Waited::TimedOut | Waited::Stopped => {
                 let secs = timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
@@ -243,6 +248,7 @@ fn recv(dir: &SessionDir, agent: &str, wait: bool, timeout: Option<Duration>, ma
         }
         return Err(e);
     }
+    drop(waiter);
     Ok(exit::OK)
 }
 

@@ -38,7 +38,8 @@ enum Cmd {
         key: String,
         /// RFC 6901 JSON pointer; "" is the whole document, /list/- appends to an array
         pointer: String,
-        /// The new value, as JSON (use --string to store text as it is)
+        /// The new value, as JSON (use --string to store text as it is); may start with '-'
+        #[arg(allow_hyphen_values = true)]
         value: String,
         /// Store VALUE as a JSON string instead of parsing it
         #[arg(long)]

@@ -310,8 +310,10 @@ fn main() -> ExitCode {
             }
             Cmd::Claim { agent, wait, timeout: wait_for, lease } => {
                 let opts = ClaimOptions { lease, assigned_by: None };
+                // Dropped after the print: closing the watch waits a kernel grace period.
+                let mut bell = None;
                 let got = if wait {
-                    task::claim_wait(&dir, &agent, &opts, wait_for, None, timeout)?
+                    task::claim_wait(&dir, &agent, &opts, wait_for, None, &mut bell, timeout)?
                 } else {
                     task::claim(&dir, &agent, &opts, timeout)?
                 };

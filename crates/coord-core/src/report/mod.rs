@@ -547,7 +547,10 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
             continue;
         };
         // Hidden files are temporaries of writers in progress; other files are not ours.
-        if name.starts_with('.') || !name.ends_with(".json") || name == "final-report.json" {
+        if name.starts_with('.')
+            || !(name.ends_with(".json") || name.ends_with(".jsonl"))
+            || name == "final-report.json"
+        {
             continue;
         }
         names.push(name.to_string());
@@ -558,6 +561,12 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
         names
             .iter()
             .map(|name| {
+                if let Some(agent) = SessionDir::result_log_agent(name) {
+                    let path = results_dir.join(name);
+                    return read_result_log(&path)
+                        .map(|r| (agent.to_string(), r))
+                        .map_err(|e| error_entry(dir, &path, &e));
+                }
                 let Some(agent) = SessionDir::result_file_agent(name) else {
                     return Err(ReportError {
                         file: format!("results/{name}"),
@@ -580,14 +589,76 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
         (mine, other.join())
     });
     let b = b.map_err(|_| Error::Failed("reading the result files failed unexpectedly".into()))?;
-    let mut out = Vec::with_capacity(names.len());
+    let mut out: Vec<(String, AgentResults)> = Vec::with_capacity(names.len());
     for r in a.into_iter().chain(b) {
         match r {
+            // `<agent>.json` sorts right before `<agent>.jsonl`: one entry per agent.
+            Ok((agent, r)) if out.last().is_some_and(|(last, _)| *last == agent) => {
+                let (_, prev) = out.pop().expect("checked above");
+                out.push((agent, AgentResults::merge(vec![prev, r])?));
+            }
             Ok(x) => out.push(x),
             Err(e) => errors.push(e),
         }
     }
     Ok(out)
+}
+
+/// Reads `results/<agent>.jsonl`, the task store's append-only log: one seed-shaped
+/// document per line, merged into one. A last line without its newline is an append
+/// in progress and is left for the next read; a line that does not parse is an error
+/// naming its line.
+pub fn read_result_log(path: &Path) -> Result<AgentResults> {
+    let meta = std::fs::symlink_metadata(path).ctx("inspect", path)?;
+    if !meta.is_file() {
+        return Err(Error::Failed("not a regular file (result files are never followed through links)".into()));
+    }
+    let bytes = std::fs::read(path).ctx("read", path)?;
+    let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut parts = Vec::new();
+    for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let r = parse_result_file(path, line).map_err(|e| match e {
+            Error::Malformed { path, column, message, .. } => Error::Malformed { path, line: n + 1, column, message },
+            other => other,
+        })?;
+        if let Some(t) = r.execution_time
+            && !(t.is_finite() && t >= 0.0)
+        {
+            return Err(Error::Failed(format!("line {}: execution_time is {t}; it must be >= 0", n + 1)));
+        }
+        parts.push(r);
+    }
+    AgentResults::merge(parts)
+}
+
+impl AgentResults {
+    /// One agent's documents as one: the tasks in order, `execution_time` summed, the
+    /// first document's other fields kept.
+    fn merge(mut parts: Vec<AgentResults>) -> Result<AgentResults> {
+        if parts.len() == 1 {
+            return Ok(parts.remove(0));
+        }
+        let mut doc: Map<String, Value> = match parts.first() {
+            Some(first) => serde_json::from_str(first.raw.get()).unwrap_or_default(),
+            None => Map::new(),
+        };
+        let mut tasks = Vec::new();
+        let mut time: Option<f64> = None;
+        for p in parts {
+            if let Some(t) = p.execution_time {
+                time = Some(time.unwrap_or(0.0) + t);
+            }
+            tasks.extend(p.tasks);
+        }
+        let raw_tasks: Vec<&RawValue> = tasks.iter().map(|t| &*t.raw).collect();
+        doc.insert("tasks".into(), serde_json::to_value(&raw_tasks).map_err(|e| Error::Failed(e.to_string()))?);
+        doc.insert("execution_time".into(), serde_json::json!(time.unwrap_or(0.0)));
+        let raw = serde_json::value::to_raw_value(&doc).map_err(|e| Error::Failed(e.to_string()))?;
+        Ok(AgentResults { tasks, execution_time: time.or(Some(0.0)), raw })
+    }
 }
 
 /// Reads and checks one result file. Symlinks are not followed: a result file is a
@@ -867,5 +938,31 @@ mod tests {
         assert!(c.errors[3].message.contains("status"), "{:?}", c.errors[3]);
         assert!(!c.complete());
         assert_eq!(c.summary().unreadable_files, 4);
+    }
+
+    #[test]
+    fn a_results_log_is_merged_with_the_agents_own_file() {
+        let log = concat!(
+            r#"{"agent": "a", "tasks": [{"id": "t2", "status": "completed"}], "execution_time": 1.5}"#,
+            "\n",
+            r#"{"agent": "a", "tasks": [{"id": "t3", "status": "failed", "reason": "x"}], "execution_time": 0.5}"#,
+            "\n",
+            r#"{"agent": "a", "tasks": [{"id": "t4", "sta"#,
+        );
+        let (_t, c) = collected(&[
+            ("a.json", r#"{"tasks": [{"id": "t1", "status": "completed"}], "execution_time": 3, "note": "n"}"#),
+            ("a.jsonl", log),
+            ("b.jsonl", "{\"tasks\": [{\"id\": \"t5\", \"status\": \"completed\"}]}\nnot json\n"),
+        ]);
+        assert_eq!(c.by_agent.len(), 1, "one entry per agent; b's log has a bad line");
+        let (agent, r) = &c.by_agent[0];
+        assert_eq!(agent, "a");
+        let ids: Vec<_> = r.tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["t1", "t2", "t3"], "the unfinished last line is not read");
+        assert_eq!(r.execution_time, Some(5.0));
+        let raw = serde_json::to_value(r).expect("ser");
+        assert_eq!((raw["note"].as_str(), raw["tasks"].as_array().map(Vec::len)), (Some("n"), Some(3)));
+        assert_eq!(c.errors.len(), 1);
+        assert_eq!((c.errors[0].file.as_str(), c.errors[0].line), ("results/b.jsonl", Some(2)));
     }
 }

@@ -1,6 +1,8 @@
 //! Waiting without polling: a "bell" is a file whose mtime writers touch after a change;
-//! waiters block on inotify for it. Where inotify is unavailable (some network
-//! filesystems, exhausted watches) waiters fall back to checking every [`POLL_FALLBACK`].
+//! waiters block on inotify for it. Where inotify is unavailable (exhausted watches)
+//! waiters fall back to checking every [`POLL_FALLBACK`]; with `COORD_POLL_MS` (network
+//! filesystems, where other hosts' changes raise no inotify event) they check at that
+//! interval instead of using inotify.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -47,12 +49,20 @@ pub enum Wake {
 pub struct Bell {
     inotify: Option<Inotify>,
     signals: Option<RawFd>,
+    /// Check interval when not on inotify.
+    poll: Duration,
 }
 
 impl Bell {
     /// Watches each path: a file for changes to its content or metadata, a directory for
     /// entries renamed or created in it. Missing bell files are created first.
     pub fn watch(paths: &[PathBuf]) -> Bell {
+        if let Some(every) = crate::env::forced_poll() {
+            for p in paths.iter().filter(|p| !p.exists()) {
+                ring(p);
+            }
+            return Bell { inotify: None, signals: None, poll: every };
+        }
         let inotify = match Inotify::init() {
             Ok(ino) => {
                 let mut ok = true;
@@ -77,7 +87,7 @@ impl Bell {
                 None
             }
         };
-        Bell { inotify, signals: None }
+        Bell { inotify, signals: None, poll: POLL_FALLBACK }
     }
 
     /// Also wakes (with [`Wake::Signalled`]) when `signals` receives a termination signal.
@@ -105,11 +115,8 @@ impl Bell {
             if let Some(fd) = self.signals {
                 fds.push(libc::pollfd { fd, events: libc::POLLIN, revents: 0 });
             }
-            let cap = if self.inotify.is_some() {
-                remaining
-            } else {
-                Some(remaining.unwrap_or(POLL_FALLBACK).min(POLL_FALLBACK))
-            };
+            let cap =
+                if self.inotify.is_some() { remaining } else { Some(remaining.unwrap_or(self.poll).min(self.poll)) };
             let ms = cap.map_or(-1, |d| i32::try_from(d.as_millis().max(1)).unwrap_or(i32::MAX));
             // SAFETY: `fds` is a valid array of pollfd of the given length.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -117,7 +124,7 @@ impl Bell {
                 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                std::thread::sleep(POLL_FALLBACK);
+                std::thread::sleep(self.poll);
                 return Wake::Changed;
             }
             if self.signals.is_some() && fds.last().is_some_and(|f| f.revents != 0) {
@@ -164,6 +171,11 @@ impl Signals {
             signal_hook::low_level::pipe::register(sig, w)?;
         }
         Ok(Signals { reader })
+    }
+
+    /// The descriptor that becomes readable when a signal arrives (for poll(2)).
+    pub fn fd(&self) -> RawFd {
+        self.reader.as_raw_fd()
     }
 
     /// Whether a signal has arrived (does not consume it).

@@ -154,6 +154,10 @@ pub struct Progress {
 // Paths, locks, small helpers
 
 fn ensure_store(dir: &SessionDir) -> Result<()> {
+    // The directories are created in order and never removed: when the last exists, all do.
+    if STORE_DIRS.last().is_some_and(|d| dir.root().join(d).is_dir()) {
+        return Ok(());
+    }
     for d in STORE_DIRS {
         fsio::ensure_dir(&dir.root().join(d))?;
     }
@@ -198,14 +202,21 @@ fn publish_final(dir: &SessionDir, t: &Task, from: &Path) -> Result<bool> {
     let Some(s) = t.state().filter(|s| s.is_final()) else {
         return Err(Error::Failed(format!("task {:?}: {:?} is not a final status", t.id, t.status)));
     };
-    write_record(from, t)?;
+    rewrite_record(from, t)?;
     rename_existing(from, &status_file(dir, s, &t.id))
 }
 
 /// The follow-up of a published final record, still under the task's lock; then the mark
 /// and the lock go. `again` when an interrupted follow-up is being run again.
-fn finish_final(dir: &SessionDir, t: &Task, guard: LockGuard, again: bool, timeout: Duration) -> Result<()> {
-    after_final(dir, t, again, timeout)?;
+fn finish_final(
+    dir: &SessionDir,
+    t: &Task,
+    guard: LockGuard,
+    unassign: Unassign,
+    again: bool,
+    timeout: Duration,
+) -> Result<()> {
+    after_final(dir, t, unassign, again, timeout)?;
     let _ = std::fs::remove_file(finishing_file(dir, &t.id));
     retire_lock(dir, &t.id, guard);
     Ok(())
@@ -248,7 +259,7 @@ fn finish_one(dir: &SessionDir, id: &str, guard: LockGuard, timeout: Duration) -
             return Ok(Some(guard));
         }
     };
-    finish_final(dir, &t, guard, true, timeout)?;
+    finish_final(dir, &t, guard, Unassign::Now, true, timeout)?;
     Ok(None)
 }
 
@@ -321,10 +332,19 @@ fn write_record(path: &Path, t: &Task) -> Result<()> {
     Err(Error::Failed(format!("could not write {}: its directory keeps disappearing", path.display())))
 }
 
+/// Replaces the record of a task that was just renamed to `path` with its new fields
+/// (an exchange, not a replacing rename: see [`fsio::replace_atomic`]).
+fn rewrite_record(path: &Path, t: &Task) -> Result<()> {
+    fsio::replace_atomic(path, &fsio::to_json_bytes(t))
+}
+
 fn new_token() -> String {
     use std::io::Read;
     let mut b = [0u8; 8];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
+    // SAFETY: getrandom writes at most `b.len()` bytes into the valid buffer `b`.
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), libc::GRND_NONBLOCK) };
+    let random = usize::try_from(got).is_ok_and(|n| n == b.len())
+        || std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_ok();
     if !random {
         let n = time::unix_ms(SystemTime::now()) ^ (u64::from(std::process::id()) << 40);
         b = n.to_le_bytes();
@@ -616,7 +636,7 @@ fn recheck_blocked(dir: &SessionDir, id: &str, timeout: Duration) -> Result<Opti
     t.status = Status::Pending.name().to_string();
     let dest = pending_path(dir, &t)?;
     if rename_existing(&path, &dest)? {
-        write_record(&dest, &t)?;
+        rewrite_record(&dest, &t)?;
     }
     drop(guard);
     bell::ring(&dir.task_pending_bell());
@@ -659,13 +679,27 @@ fn active_agent(dir: &SessionDir, agent: &str) -> Result<Agent> {
 /// Claims the best pending task the agent may take (highest priority, then oldest),
 /// or `None` when there is none. The agent must be registered and active.
 pub fn claim(dir: &SessionDir, agent: &str, opts: &ClaimOptions, timeout: Duration) -> Result<Option<Task>> {
-    let a = active_agent(dir, agent)?;
     ensure_store(dir)?;
+    claim_unassigning(dir, agent, opts, &[], timeout)
+}
+
+/// [`claim`] for a worker loop (store known to exist) that also removes `finished`
+/// (tasks it just finished with [`Unassign::Deferred`]) from its `assigned_tasks`, in
+/// the same registry rewrite that adds the claimed task. With nothing to claim the
+/// registry is not touched: the caller then removes `finished` itself.
+pub(crate) fn claim_unassigning(
+    dir: &SessionDir,
+    agent: &str,
+    opts: &ClaimOptions,
+    finished: &[String],
+    timeout: Duration,
+) -> Result<Option<Task>> {
+    let a = active_agent(dir, agent)?;
     let mut scan = index::PendingScan::open(dir, |r| r.admits(&a.agent_type, &a.capabilities))?;
     while let Some((i, e)) = scan.peek()? {
         scan.advance(i);
         if let Some(t) = take(dir, &e, agent, opts)? {
-            note_assigned(dir, agent, &t.id, true, timeout);
+            update_assigned(dir, agent, Some(&t.id), finished, timeout);
             return Ok(Some(t));
         }
     }
@@ -674,29 +708,33 @@ pub fn claim(dir: &SessionDir, agent: &str, opts: &ClaimOptions, timeout: Durati
 
 /// Claims, waiting (on inotify, not polling) until something is claimable or `timeout`
 /// passes (`Error::Empty`, exit 3). `signals` ends the wait early with `Ok(None)`.
+///
+/// The watch is left in `bell` for the caller to drop after it has printed the task:
+/// closing an inotify descriptor waits for a kernel grace period (milliseconds).
 pub fn claim_wait(
     dir: &SessionDir,
     agent: &str,
     opts: &ClaimOptions,
     wait: Option<Duration>,
     signals: Option<&bell::Signals>,
+    bell: &mut Option<bell::Bell>,
     timeout: Duration,
 ) -> Result<Option<Task>> {
     ensure_store(dir)?;
     let deadline = wait.map(|w| std::time::Instant::now() + w);
-    // Try before watching: closing an inotify instance costs milliseconds (the kernel
-    // waits for a grace period), which a busy worker should not pay per task.
-    if let Some(t) = claim(dir, agent, opts, timeout)? {
-        return Ok(Some(t));
-    }
-    let mut b = bell::Bell::watch(&[dir.task_pending_bell()]);
-    if let Some(s) = signals {
-        b = b.with_signals(s);
-    }
     loop {
-        if let Some(t) = claim(dir, agent, opts, timeout)? {
+        if let Some(t) = claim_unassigning(dir, agent, opts, &[], timeout)? {
             return Ok(Some(t));
         }
+        let Some(b) = bell.as_mut() else {
+            // Watch, then look again, so a task that became claimable in between wakes us.
+            let mut b = bell::Bell::watch(&[dir.task_pending_bell()]);
+            if let Some(s) = signals {
+                b = b.with_signals(s);
+            }
+            *bell = Some(b);
+            continue;
+        };
         match b.wait(deadline) {
             bell::Wake::Changed => {}
             bell::Wake::Signalled => return Ok(None),
@@ -742,7 +780,7 @@ fn take(dir: &SessionDir, e: &index::Entry, agent: &str, opts: &ClaimOptions) ->
     t.lease_seconds = Some(opts.lease.as_secs_f64());
     t.lease_expires_at = Some(time::rfc3339(now + opts.lease));
     t.preempt_requested_at = None;
-    write_record(&dest, &t)?;
+    rewrite_record(&dest, &t)?;
     drop(guard);
     Ok(Some(t))
 }
@@ -750,19 +788,41 @@ fn take(dir: &SessionDir, e: &index::Entry, agent: &str, opts: &ClaimOptions) ->
 /// Adds or removes a task in the agent's `assigned_tasks`. The task store is the source
 /// of truth; a registry that cannot be updated is logged, not fatal.
 fn note_assigned(dir: &SessionDir, agent: &str, task: &str, add: bool, timeout: Duration) {
+    let task = task.to_string();
+    if add {
+        update_assigned(dir, agent, Some(&task), &[], timeout);
+    } else {
+        update_assigned(dir, agent, None, std::slice::from_ref(&task), timeout);
+    }
+}
+
+/// One rewrite of the agent's registration: removes `remove` from its
+/// `assigned_tasks`, then adds `add`. Logged, not fatal, on failure (as above).
+pub(crate) fn update_assigned(dir: &SessionDir, agent: &str, add: Option<&str>, remove: &[String], timeout: Duration) {
+    if add.is_none() && remove.is_empty() {
+        return;
+    }
     let r = registry::modify(dir, agent, timeout, |a| {
-        if add {
-            if !a.assigned_tasks.iter().any(|t| t == task) {
-                a.assigned_tasks.push(task.to_string());
-            }
-        } else {
-            a.assigned_tasks.retain(|t| t != task);
+        a.assigned_tasks.retain(|t| !remove.contains(t));
+        if let Some(task) = add
+            && !a.assigned_tasks.iter().any(|t| t == task)
+        {
+            a.assigned_tasks.push(task.to_string());
         }
         Ok(())
     });
     if let Err(e) = r {
-        log::warn!("task {task:?}: could not update assigned_tasks of agent {agent:?}: {e}");
+        log::warn!("could not update assigned_tasks of agent {agent:?} (+{add:?} -{remove:?}): {e}");
     }
+}
+
+/// When finishing a claim removes the task from its holder's `assigned_tasks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unassign {
+    /// At once (one registry rewrite).
+    Now,
+    /// Left to the caller, a worker loop that folds it into its next claim's rewrite.
+    Deferred,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -793,6 +853,17 @@ fn held(dir: &SessionDir, id: &str, holder: &Holder) -> Result<(Task, PathBuf)> 
 
 /// Completes a claimed task with `result`. Only the current holder may (see [`Holder`]).
 pub fn complete(dir: &SessionDir, id: &str, holder: &Holder, result: Value, timeout: Duration) -> Result<Task> {
+    complete_as(dir, id, holder, result, Unassign::Now, timeout)
+}
+
+pub(crate) fn complete_as(
+    dir: &SessionDir,
+    id: &str,
+    holder: &Holder,
+    result: Value,
+    unassign: Unassign,
+    timeout: Duration,
+) -> Result<Task> {
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (mut t, path) = held(dir, id, holder)?;
@@ -803,13 +874,24 @@ pub fn complete(dir: &SessionDir, id: &str, holder: &Holder, result: Value, time
     if !publish_final(dir, &t, &path)? {
         return Err(Error::Failed(format!("claim lost: task {id:?} moved while completing")));
     }
-    finish_final(dir, &t, guard, false, timeout)?;
+    finish_final(dir, &t, guard, unassign, false, timeout)?;
     Ok(t)
 }
 
 /// Records a failed attempt. With attempts left the task goes back to pending; without,
 /// it fails for good and its dependents fail with "dependency failed".
 pub fn fail(dir: &SessionDir, id: &str, holder: &Holder, error: &str, timeout: Duration) -> Result<Task> {
+    fail_as(dir, id, holder, error, Unassign::Now, timeout)
+}
+
+pub(crate) fn fail_as(
+    dir: &SessionDir,
+    id: &str,
+    holder: &Holder,
+    error: &str,
+    unassign: Unassign,
+    timeout: Duration,
+) -> Result<Task> {
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (t, path) = held(dir, id, holder)?;
@@ -819,7 +901,7 @@ pub fn fail(dir: &SessionDir, id: &str, holder: &Holder, error: &str, timeout: D
         at: time::now_rfc3339(),
         error: error.to_string(),
     };
-    requeue_held(dir, guard, t, &path, true, Some(err), timeout)
+    requeue_held(dir, guard, t, &path, true, Some(err), unassign, timeout)
 }
 
 /// Gives a claimed task back without spending an attempt (after a `preempt` message,
@@ -828,10 +910,11 @@ pub fn release(dir: &SessionDir, id: &str, holder: &Holder, timeout: Duration) -
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (t, path) = held(dir, id, holder)?;
-    requeue_held(dir, guard, t, &path, false, None, timeout)
+    requeue_held(dir, guard, t, &path, false, None, Unassign::Now, timeout)
 }
 
 /// Moves a held claim back to pending, or to failed when no attempts are left.
+#[allow(clippy::too_many_arguments)]
 fn requeue_held(
     dir: &SessionDir,
     guard: LockGuard,
@@ -839,6 +922,7 @@ fn requeue_held(
     path: &Path,
     spend: bool,
     err: Option<TaskError>,
+    unassign: Unassign,
     timeout: Duration,
 ) -> Result<Task> {
     let holder = t.assigned_to.clone();
@@ -857,7 +941,7 @@ fn requeue_held(
         if !publish_final(dir, &t, path)? {
             return Err(Error::Failed(format!("claim lost: task {:?} moved while failing", t.id)));
         }
-        finish_final(dir, &t, guard, false, timeout)?;
+        finish_final(dir, &t, guard, unassign, false, timeout)?;
         return Ok(t);
     }
     t.status = Status::Pending.name().to_string();
@@ -865,9 +949,11 @@ fn requeue_held(
     if !rename_existing(path, &dest)? {
         return Err(Error::Failed(format!("claim lost: task {:?} moved while requeueing", t.id)));
     }
-    write_record(&dest, &t)?;
+    rewrite_record(&dest, &t)?;
     drop(guard);
-    if let Some(a) = holder {
+    if let Some(a) = holder
+        && unassign == Unassign::Now
+    {
         note_assigned(dir, &a, &t.id, false, timeout);
     }
     bell::ring(&dir.task_pending_bell());
@@ -879,14 +965,16 @@ fn requeue_held(
 /// may run again after an interruption (`again`): the registry update, the bells and the
 /// dependents' re-checks are idempotent, and the results entry is appended only if the
 /// file lacks it.
-fn after_final(dir: &SessionDir, t: &Task, again: bool, timeout: Duration) -> Result<()> {
+fn after_final(dir: &SessionDir, t: &Task, unassign: Unassign, again: bool, timeout: Duration) -> Result<()> {
     if let Some(a) = &t.assigned_to {
-        note_assigned(dir, a, &t.id, false, timeout);
+        if unassign == Unassign::Now {
+            note_assigned(dir, a, &t.id, false, timeout);
+        }
         if t.state() != Some(Status::Cancelled)
             && !(again && result_recorded(dir, a, &t.id))
             && let Err(e) = append_result(dir, a, t, timeout)
         {
-            log::warn!("task {:?}: could not append to results/{a}.json: {e}", t.id);
+            log::warn!("task {:?}: could not append to results/{a}.jsonl: {e}", t.id);
         }
     }
     bell::ring(&dir.task_finished_bell());
@@ -902,25 +990,19 @@ fn after_final(dir: &SessionDir, t: &Task, again: bool, timeout: Duration) -> Re
     }
 }
 
-/// Whether `results/<agent>.json` already holds an entry for task `id`.
+/// Whether `results/<agent>.jsonl` already holds an entry for task `id`.
 fn result_recorded(dir: &SessionDir, agent: &str, id: &str) -> bool {
-    crate::report::read_result_file(&dir.result_file(agent)).is_ok_and(|r| r.tasks.iter().any(|e| e.id == id))
+    crate::report::read_result_log(&dir.result_log(agent)).is_ok_and(|r| r.tasks.iter().any(|e| e.id == id))
 }
 
-/// Appends a finished task to `results/<agent>.json` (the seed's `{tasks, execution_time}`).
+/// Appends a finished task to `results/<agent>.jsonl`, the agent's results log: one
+/// line holding the seed's document `{agent, tasks: [entry], execution_time}` for this
+/// task alone, written with one `write(2)` on an `O_APPEND` descriptor under lock
+/// `_results`. O(1) whatever the number of results before it (`aggregate` merges the
+/// lines, and the agent's own `results/<agent>.json` if any).
 fn append_result(dir: &SessionDir, agent: &str, t: &Task, timeout: Duration) -> Result<()> {
-    let _g = dir.tool_lock(ToolLock::Results, timeout)?;
-    let path = dir.result_file(agent);
-    let mut doc = match fsio::read_json_opt::<Value>(&path) {
-        Ok(Some(v)) if v.is_object() => v,
-        Ok(_) => json!({}),
-        Err(e @ Error::Malformed { .. }) => {
-            log::warn!("{e}");
-            index::set_aside(&dir.tasks_garbage_dir(), &path);
-            json!({})
-        }
-        Err(e) => return Err(e),
-    };
+    use std::io::Write;
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
     let ended = t.completed_at.as_deref().or(t.failed_at.as_deref());
     let secs = match (t.assigned_at.as_deref().and_then(time::parse_rfc3339), ended.and_then(time::parse_rfc3339)) {
         (Some(a), Some(b)) => b.duration_since(a).map(|d| d.as_secs_f64()).unwrap_or(0.0),
@@ -942,17 +1024,33 @@ fn append_result(dir: &SessionDir, agent: &str, t: &Task, timeout: Duration) -> 
             }
         }
     }
-    let obj = doc.as_object_mut().expect("doc was made an object above");
-    obj.entry("agent").or_insert_with(|| json!(agent));
-    let total = obj.get("execution_time").and_then(Value::as_f64).unwrap_or(0.0) + secs;
-    match obj.get_mut("tasks").and_then(Value::as_array_mut) {
-        Some(tasks) => tasks.push(entry),
-        None => {
-            obj.insert("tasks".into(), json!([entry]));
+    let doc = json!({"agent": agent, "tasks": [entry], "execution_time": secs});
+    let mut line = serde_json::to_vec(&doc).expect("a results entry serializes");
+    line.push(b'\n');
+    let path = dir.result_log(agent);
+    let _g = dir.tool_lock(ToolLock::Results, timeout)?;
+    let mut f =
+        std::fs::OpenOptions::new().read(true).append(true).create(true).mode(0o600).open(&path).ctx("open", &path)?;
+    let len = f.metadata().ctx("inspect", &path)?.len();
+    // A line left without its newline (a writer cut off by a full disk or a power loss)
+    // is ended first, so it stays one bad line that readers report, not two.
+    let mut last = [b'\n'];
+    if len > 0 {
+        f.read_exact_at(&mut last, len - 1).ctx("read", &path)?;
+    }
+    let written = if last[0] == b'\n' { f.write_all(&line) } else { f.write_all(&[b"\n".as_slice(), &line].concat()) };
+    if let Err(e) = written {
+        // Take back a partial line rather than leave it for the next writer.
+        let _ = f.set_len(len);
+        return Err(Error::io("append to", &path, e));
+    }
+    if crate::env::fsync_requested() {
+        f.sync_data().ctx("fsync", &path)?;
+        if len == 0 {
+            fsio::sync_parent(&path)?;
         }
     }
-    obj.insert("execution_time".into(), json!(total));
-    fsio::write_json(&path, &doc)
+    Ok(())
 }
 
 /// Cancels a task that is not final; its dependents fail with "dependency failed".
@@ -971,7 +1069,7 @@ pub fn cancel(dir: &SessionDir, id: &str, reason: Option<&str>, timeout: Duratio
     if !publish_final(dir, &t, &path)? {
         return Err(Error::Failed(format!("task {id:?} moved while cancelling; try again")));
     }
-    finish_final(dir, &t, guard, false, timeout)?;
+    finish_final(dir, &t, guard, Unassign::Now, false, timeout)?;
     Ok(t)
 }
 
@@ -1054,7 +1152,7 @@ fn requeue_one(
         at: time::now_rfc3339(),
         error: reason,
     };
-    requeue_held(dir, guard, current, &path, true, Some(err), timeout).map(Some)
+    requeue_held(dir, guard, current, &path, true, Some(err), Unassign::Now, timeout).map(Some)
 }
 
 /// Returns every task claimed by `agent` to the queue, counting the attempt; a task

@@ -48,8 +48,13 @@ fn the_life_of_a_task() {
     assert!(err.to_string().contains("claim lost"), "{err}");
     let p = count(&list_all(&dir).expect("list"));
     assert_eq!((p.total, p.completed, p.operation_progress), (1, 1, 100));
-    let results: Value = fsio::read_json(&dir.result_file("a")).expect("results");
+    let log = std::fs::read_to_string(dir.result_log("a")).expect("results log");
+    assert_eq!(log.lines().count(), 1, "{log}");
+    let results: Value = serde_json::from_str(log.trim_end()).expect("one seed-shaped document");
     assert_eq!(results["tasks"][0]["id"], "x");
+    assert_eq!(results["agent"], "a");
+    let r = crate::report::read_result_log(&dir.result_log("a")).expect("aggregate reads it");
+    assert_eq!(r.tasks.len(), 1);
 }
 
 #[test]
@@ -170,8 +175,8 @@ fn an_interrupted_completion_is_finished_by_the_next_pass() {
         // Running the follow-up again does not append the results entry twice.
         std::fs::File::create(finishing_file(&dir, "p")).expect("mark again");
         wait(&dir, &["p".to_string()], Some(T)).expect("wait");
-        let results: Value = fsio::read_json(&dir.result_file("a")).expect("results");
-        assert_eq!(results["tasks"].as_array().map(Vec::len), Some(1), "{results}");
+        let results = crate::report::read_result_log(&dir.result_log("a")).expect("results");
+        assert_eq!(results.tasks.len(), 1);
         assert_eq!(registry::show(&dir, "a").expect("a").assigned_tasks, Vec::<String>::new());
     }
 }

@@ -9,15 +9,17 @@
 //! its task is released without spending an attempt.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use super::bell::Signals;
-use super::{ClaimOptions, Holder, Task};
+use super::bell::{Bell, Signals, Wake};
+use super::{ClaimOptions, Holder, Task, Unassign};
 use crate::error::{Error, Result};
 use crate::layout::SessionDir;
 use crate::record::status as agent_status;
@@ -58,6 +60,11 @@ pub struct Outcome {
 }
 
 /// Runs the loop; `report` is called after each task. Returns how many tasks ran.
+///
+/// One thread does everything: the command's pipes, its exit (a pidfd) and the lease
+/// renewals are multiplexed with poll(2). A finished task leaves the agent's
+/// `assigned_tasks` in the same registry rewrite that adds the next claim (or, when
+/// there is none, before the worker waits or exits).
 pub fn work(
     dir: &SessionDir,
     opts: &WorkOptions,
@@ -69,27 +76,93 @@ pub fn work(
     }
     let signals = Signals::install().map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
     let registered_here = ensure_registered(dir, opts, timeout)?;
+    super::ensure_store(dir)?;
     let claim_opts = ClaimOptions { lease: opts.lease, assigned_by: None };
+    let program = resolve_program(&opts.cmd[0]);
     let mut done = 0u64;
+    let mut finished: Vec<String> = Vec::new();
+    let mut bell: Option<Bell> = None;
     let result = (|| {
         while opts.max_tasks.is_none_or(|m| done < m) && !signals.received() {
-            let t = match super::claim_wait(dir, &opts.agent, &claim_opts, opts.idle_exit, Some(&signals), timeout) {
+            let t = match next_task(dir, opts, &claim_opts, &signals, &mut finished, &mut bell, timeout) {
                 Ok(Some(t)) => t,
                 Ok(None) => break,
                 Err(Error::Empty(_)) => break,
                 Err(e) => return Err(e),
             };
-            let outcome = run_one(dir, opts, &t, &signals, timeout)?;
-
+            let outcome = run_one(dir, opts, &program, &t, &signals, timeout)?;
+            if outcome.status != "lost" {
+                finished.push(t.id.clone());
+            }
             done += 1;
             report(&outcome)?;
         }
         Ok(done)
     })();
+    super::update_assigned(dir, &opts.agent, None, &finished, timeout);
     if registered_here && let Err(e) = registry::unregister(dir, &opts.agent, timeout) {
         log::warn!("could not unregister agent {:?}: {e}", opts.agent);
     }
     result
+}
+
+/// Claims the next task, waiting on the pending bell (kept across tasks: closing an
+/// inotify descriptor costs a kernel grace period). `Ok(None)` on a signal.
+fn next_task(
+    dir: &SessionDir,
+    opts: &WorkOptions,
+    claim_opts: &ClaimOptions,
+    signals: &Signals,
+    finished: &mut Vec<String>,
+    bell: &mut Option<Bell>,
+    timeout: Duration,
+) -> Result<Option<Task>> {
+    let deadline = opts.idle_exit.map(|w| Instant::now() + w);
+    loop {
+        if let Some(t) = super::claim_unassigning(dir, &opts.agent, claim_opts, finished, timeout)? {
+            finished.clear();
+            return Ok(Some(t));
+        }
+        // Nothing to claim: the finished tasks leave assigned_tasks before we sleep.
+        super::update_assigned(dir, &opts.agent, None, finished, timeout);
+        finished.clear();
+        if bell.is_none() {
+            // Watch, then look again, so a task submitted in between is not missed.
+            *bell = Some(Bell::watch(&[dir.task_pending_bell()]).with_signals(signals));
+            continue;
+        }
+        let b = bell.as_mut().expect("set above");
+        match b.wait(deadline) {
+            Wake::Changed => {}
+            Wake::Signalled => return Ok(None),
+            Wake::TimedOut => {
+                return Err(Error::Empty(format!(
+                    "nothing to claim for agent {:?} within {:.1}s",
+                    opts.agent,
+                    opts.idle_exit.unwrap_or_default().as_secs_f64()
+                )));
+            }
+        }
+    }
+}
+
+/// The command's path, looked up in `PATH` once rather than by every spawn.
+fn resolve_program(program: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path) {
+        let candidate = d.join(program);
+        if let Ok(m) = std::fs::metadata(&candidate)
+            && m.is_file()
+            && m.permissions().mode() & 0o111 != 0
+        {
+            return candidate;
+        }
+    }
+    PathBuf::from(program)
 }
 
 /// Registers the agent (as this process) unless an active registration of a live
@@ -162,16 +235,24 @@ fn runs_under(pid: u32) -> bool {
     false
 }
 
-fn run_one(dir: &SessionDir, opts: &WorkOptions, t: &Task, signals: &Signals, timeout: Duration) -> Result<Outcome> {
+fn run_one(
+    dir: &SessionDir,
+    opts: &WorkOptions,
+    program: &Path,
+    t: &Task,
+    signals: &Signals,
+    timeout: Duration,
+) -> Result<Outcome> {
     let holder = Holder { agent: Some(opts.agent.clone()), token: t.claim_token.clone() };
     let input = crate::fsio::to_json_bytes(t);
     let payload = match &t.payload {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let (program, args) = opts.cmd.split_first().expect("checked non-empty");
+    let name = &opts.cmd[0];
     let spawned = Command::new(program)
-        .args(args)
+        .arg0(name)
+        .args(&opts.cmd[1..])
         .env("TASK_ID", &t.id)
         .env("TASK_PAYLOAD", payload)
         .env("TASK_CLAIM_TOKEN", t.claim_token.as_deref().unwrap_or_default())
@@ -185,59 +266,13 @@ fn run_one(dir: &SessionDir, opts: &WorkOptions, t: &Task, signals: &Signals, ti
         Ok(c) => c,
         Err(e) => {
             // The command cannot run at all: spend the attempt with the reason.
-            let msg = format!("cannot run {program:?}: {e}");
-            let after = super::fail(dir, &t.id, &holder, &msg, timeout)?;
+            let msg = format!("cannot run {name:?}: {e}");
+            let after = super::fail_as(dir, &t.id, &holder, &msg, Unassign::Deferred, timeout)?;
             return Ok(Outcome { id: t.id.clone(), status: after.status, exit_code: 127 });
         }
     };
-    let mut stdin = child.stdin.take().expect("stdin was piped");
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let mut out_pipe = child.stdout.take().expect("stdout was piped");
-    let mut err_pipe = child.stderr.take().expect("stderr was piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out_pipe.read_to_end(&mut v);
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err_pipe.read_to_end(&mut v);
-        v
-    });
-    // Renew the lease while the command runs: the heartbeat is the renewal.
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
-    let beat_every = (opts.lease / 3).max(Duration::from_millis(100));
-    let (beat_dir, beat_agent) = (dir.clone(), opts.agent.clone());
-    let beater = std::thread::spawn(move || {
-        while let Err(mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(beat_every) {
-            if let Err(e) = registry::heartbeat(&beat_dir, &beat_agent) {
-                log::warn!("lease renewal (heartbeat) failed: {e}");
-            }
-        }
-    });
-    let mut interrupted = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) => {}
-            Err(e) => return Err(Error::Failed(format!("waiting for {program:?}: {e}"))),
-        }
-        if !interrupted && signals.received() {
-            interrupted = true;
-            // SAFETY: kill with the pid of our own child; failure means it already exited.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
-            }
-        }
-        wait_child(&child, Duration::from_millis(50));
-    };
-    let _ = stop_tx.send(());
-    let _ = beater.join();
-    let _ = feeder.join();
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
+    let (status, stdout, stderr, interrupted) = supervise(dir, opts, &mut child, &input, signals)
+        .map_err(|e| Error::Failed(format!("running {name:?}: {e}")))?;
     if !stderr.is_empty() {
         let _ = std::io::stderr().write_all(&stderr);
     }
@@ -249,11 +284,11 @@ fn run_one(dir: &SessionDir, opts: &WorkOptions, t: &Task, signals: &Signals, ti
             let text = String::from_utf8_lossy(&stdout);
             Value::String(text.strip_suffix('\n').unwrap_or(&text).to_string())
         });
-        super::complete(dir, &t.id, &holder, result, timeout).map(|a| a.status)
+        super::complete_as(dir, &t.id, &holder, result, Unassign::Deferred, timeout).map(|a| a.status)
     } else {
         let tail = tail(&stderr);
-        let msg = if tail.trim().is_empty() { format!("{program:?} exited with status {code}") } else { tail };
-        super::fail(dir, &t.id, &holder, &msg, timeout).map(|a| a.status)
+        let msg = if tail.trim().is_empty() { format!("{name:?} exited with status {code}") } else { tail };
+        super::fail_as(dir, &t.id, &holder, &msg, Unassign::Deferred, timeout).map(|a| a.status)
     };
     let status = match finished {
         Ok(s) => s,
@@ -266,23 +301,135 @@ fn run_one(dir: &SessionDir, opts: &WorkOptions, t: &Task, signals: &Signals, ti
     Ok(Outcome { id: t.id.clone(), status, exit_code: code })
 }
 
-/// Blocks until the child exits or `max` passes, without reaping it (waitid WNOWAIT),
-/// so a short command is noticed at once rather than at the next poll tick.
-fn wait_child(child: &std::process::Child, max: Duration) {
-    let start = Instant::now();
-    // SAFETY: a pidfd for our own unreaped child; closed below.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
-    if fd < 0 {
-        std::thread::sleep(Duration::from_millis(5).min(max));
-        return;
+/// Feeds `input` to the child's stdin, collects its stdout and stderr, renews the lease
+/// every lease/3 and forwards SIGTERM on a signal, all from this thread, until the child
+/// has exited and both pipes are closed. Returns (status, stdout, stderr, interrupted).
+fn supervise(
+    dir: &SessionDir,
+    opts: &WorkOptions,
+    child: &mut Child,
+    input: &[u8],
+    signals: &Signals,
+) -> std::io::Result<(ExitStatus, Vec<u8>, Vec<u8>, bool)> {
+    let file = |fd: OwnedFd| std::fs::File::from(fd);
+    let mut stdin = child.stdin.take().map(|p| file(p.into()));
+    let mut out_pipe = child.stdout.take().map(|p| file(p.into()));
+    let mut err_pipe = child.stderr.take().map(|p| file(p.into()));
+    for fd in [
+        stdin.as_ref().map(AsRawFd::as_raw_fd),
+        out_pipe.as_ref().map(AsRawFd::as_raw_fd),
+        err_pipe.as_ref().map(AsRawFd::as_raw_fd),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        set_nonblocking(fd)?;
     }
-    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-    let ms = i32::try_from(max.saturating_sub(start.elapsed()).as_millis()).unwrap_or(50);
-    // SAFETY: one valid pollfd; then close the descriptor we opened.
-    unsafe {
-        libc::poll(&mut p, 1, ms);
-        libc::close(fd);
+    // SAFETY: a pidfd for our own unreaped child; owned (and closed) by `pidfd`.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
+    // SAFETY: `raw` is a descriptor we just opened and own.
+    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
+    let beat_every = (opts.lease / 3).max(Duration::from_millis(100));
+    let mut next_beat = Instant::now() + beat_every;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut written = 0usize;
+    let mut status: Option<ExitStatus> = None;
+    let mut interrupted = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    if input.is_empty() {
+        stdin = None;
     }
+    loop {
+        if status.is_none() {
+            status = child.try_wait()?;
+        }
+        if status.is_some() && out_pipe.is_none() && err_pipe.is_none() {
+            break;
+        }
+        if !interrupted && signals.received() {
+            interrupted = true;
+            // SAFETY: kill with the pid of our own child; failure means it already exited.
+            unsafe {
+                libc::kill(child.id() as i32, libc::SIGTERM);
+            }
+        }
+        let now = Instant::now();
+        if now >= next_beat {
+            if let Err(e) = registry::heartbeat(dir, &opts.agent) {
+                log::warn!("lease renewal (heartbeat) failed: {e}");
+            }
+            next_beat = now + beat_every;
+        }
+        let mut fds = Vec::with_capacity(5);
+        let mut slot = |fd: Option<RawFd>, events: libc::c_short| {
+            fd.map(|fd| {
+                fds.push(libc::pollfd { fd, events, revents: 0 });
+                fds.len() - 1
+            })
+        };
+        let i_in = slot(stdin.as_ref().map(AsRawFd::as_raw_fd), libc::POLLOUT);
+        let i_out = slot(out_pipe.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN);
+        let i_err = slot(err_pipe.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN);
+        let _ = slot(pidfd.as_ref().filter(|_| status.is_none()).map(AsRawFd::as_raw_fd), libc::POLLIN);
+        let _ = slot((!interrupted).then(|| signals.fd()), libc::POLLIN);
+        // Without a pidfd (old kernels) the exit is noticed by looking every 5 ms.
+        let cap = if pidfd.is_none() && status.is_none() { Duration::from_millis(5) } else { beat_every };
+        let wait = next_beat.saturating_duration_since(now).min(cap);
+        let ms = i32::try_from(wait.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let ready = |i: Option<usize>| i.is_some_and(|i| fds[i].revents != 0);
+        if ready(i_in)
+            && let Some(w) = stdin.as_mut()
+        {
+            match w.write(&input[written..]) {
+                Ok(k) => written += k,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // The command closed its stdin (or exited) without reading it all.
+                Err(_) => written = input.len(),
+            }
+            if written >= input.len() {
+                stdin = None;
+            }
+        }
+        for (i, pipe, sink) in [(i_out, &mut out_pipe, &mut stdout), (i_err, &mut err_pipe, &mut stderr)] {
+            if !ready(i) {
+                continue;
+            }
+            let Some(r) = pipe.as_mut() else { continue };
+            loop {
+                match Read::read(r, &mut buf) {
+                    Ok(0) => {
+                        *pipe = None;
+                        break;
+                    }
+                    Ok(k) => sink.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    let status = status.expect("the loop ends only after the exit");
+    Ok((status, stdout, stderr, interrupted))
+}
+
+fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
+    // SAFETY: fcntl on a descriptor we own; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn tail(stderr: &[u8]) -> String {
