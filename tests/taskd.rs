@@ -159,6 +159,99 @@ fn kill_9_of_workers_30_times_then_requeue_completes_every_task_once() {
     assert_all_json_parse(&env.dir());
 }
 
+/// A parent `p` claimed by `w1` with a child `c` waiting for it; returns the claim.
+fn parent_and_child(env: &TestEnv) -> Value {
+    register(env, "w1", "worker", &[]);
+    submit(env, &["--id", "p"]);
+    submit(env, &["--id", "c", "--after", "p"]);
+    claim(env, "w1").expect("w1 claims p")
+}
+
+/// After a completion of `p` with `{"answer": 42}` (however interrupted, and finished by
+/// whatever ran since): the result is kept, the child runs, waiters see the end, and the
+/// results file has one entry for `p`.
+fn assert_parent_finished(env: &TestEnv, what: &str) {
+    let p = status(env, "p");
+    assert_eq!((&p["status"], &p["results"]), (&json!("completed"), &json!({"answer": 42})), "{what}: {p}");
+    assert_eq!(status(env, "c")["status"], "pending", "{what}: the child is released");
+    let c = claim(env, "w1").expect("c is claimable");
+    env.cmd("taskd").args(["complete", "c", "--token", c["claim_token"].as_str().expect("token")]).ok();
+    let w = env.cmd("taskd").args(["wait", "--timeout", "5"]).ok().json();
+    assert_eq!(w["completed"], 2, "{what}: {w}");
+    let docs = result_log(&env.dir().join("results/w1.jsonl"));
+    assert_eq!(docs.iter().filter(|d| d["tasks"][0]["id"] == "p").count(), 1, "{what}: {docs:?}");
+    assert!(std::fs::read_dir(env.dir().join("tasks/finishing")).expect("finishing").next().is_none(), "{what}");
+}
+
+#[test]
+fn a_completion_killed_before_its_follow_up_is_finished_by_requeue_expired() {
+    let env = TestEnv::with_session();
+    let mut t = parent_and_child(&env);
+    // The state a completer killed right after publishing leaves: the final record in
+    // done/, its follow-up owed (dependents, results entry, bell) and not run.
+    let tasks = env.dir().join("tasks");
+    let obj = t.as_object_mut().expect("record");
+    for k in ["claim_token", "lease_seconds", "lease_expires_at"] {
+        obj.remove(k);
+    }
+    obj.insert("status".into(), json!("completed"));
+    obj.insert("completed_at".into(), json!("2026-01-01T00:00:01.000Z"));
+    obj.insert("results".into(), json!({"answer": 42}));
+    std::fs::write(tasks.join("done/p.json"), t.to_string()).expect("plant done record");
+    std::fs::remove_file(tasks.join("claimed/p.json")).expect("claimed record moved");
+    std::fs::create_dir_all(tasks.join("finishing")).expect("dir");
+    std::fs::write(tasks.join("finishing/p"), b"").expect("plant mark");
+    assert_eq!(status(&env, "c")["status"], "blocked");
+    let r = env.cmd("taskd").args(["requeue", "--expired"]).ok().json();
+    assert_eq!(r["requeued"], 0, "{r}");
+    assert_parent_finished(&env, "planted");
+}
+
+#[test]
+fn a_complete_killed_at_any_rename_loses_nothing() {
+    if std::process::Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: strace is not installed");
+        return;
+    }
+    let taskd = crate::util::bin("taskd");
+    for syscall in ["renameat", "rename"] {
+        for k in 1.. {
+            let env = TestEnv::with_session();
+            let t = parent_and_child(&env);
+            let token = t["claim_token"].as_str().expect("token").to_string();
+            let mut strace = std::process::Command::new("strace");
+            for (key, _) in std::env::vars_os() {
+                if key.to_string_lossy().starts_with("COORD_") || key == "RUST_LOG" {
+                    strace.env_remove(key);
+                }
+            }
+            let killed = !strace
+                .env("COORD_BASE", &env.base)
+                .env("COORD_SESSION", env.sid())
+                .args(["-f", "-qq", "-o", "/dev/null", "-e", &format!("trace={syscall}")])
+                .arg("-e")
+                .arg(format!("inject={syscall}:signal=SIGKILL:when={k}"))
+                .arg(&taskd)
+                .args(["complete", "p", "--token", &token, "--result", r#"{"answer":42}"#])
+                .output()
+                .expect("run strace")
+                .status
+                .success();
+            let what = format!("killed on {syscall} #{k}");
+            env.cmd("taskd").args(["requeue", "--expired"]).ok();
+            if status(&env, "p")["status"] == "claimed" {
+                // Killed before the completion was published: the holder's retry works.
+                env.cmd("taskd").args(["complete", "p", "--token", &token, "--result", r#"{"answer":42}"#]).ok();
+            }
+            assert_parent_finished(&env, &what);
+            if !killed {
+                break;
+            }
+            assert!(k < 20, "{what}: complete should have run out of renames");
+        }
+    }
+}
+
 #[test]
 fn a_stale_holder_is_refused_and_the_new_holder_accepted() {
     let env = TestEnv::with_session();
@@ -431,6 +524,43 @@ fn work_runs_a_command_that_fails_on_some_inputs() {
 }
 
 #[test]
+fn a_worker_restarted_under_the_id_of_a_dead_one_registers_itself() {
+    let env = TestEnv::with_session();
+    // w1's registered process is gone (a worker killed before healthmon noticed), and
+    // its claim of t0 with it.
+    let mut old = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
+    env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &old.id().to_string()]).ok();
+    submit(&env, &["--id", "t0"]);
+    claim(&env, "w1").expect("the old w1 claims t0");
+    old.kill().expect("kill");
+    old.wait().expect("reap");
+    submit(&env, &["--id", "t1"]);
+    // The task runs a healthmon tick, then reports w1's registration as its result.
+    let script = r#""$0" --once >/dev/null 2>&1; "$1" show w1"#;
+    let hm = crate::util::bin("healthmon");
+    let reg = crate::util::bin("registry");
+    let worker =
+        env.cmd("taskd").args(["work", "w1", "--max-tasks", "1", "--", "sh", "-c", script]).arg(&hm).arg(&reg).spawn();
+    let pid = worker.id();
+    let out = worker.wait_with_output().expect("worker");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_slice(&out.stdout).expect("outcome");
+    assert_eq!((&line["id"], &line["status"]), (&json!("t0"), &json!("completed")), "not requeued under it: {line}");
+    let t0 = status(&env, "t0");
+    assert_eq!(t0["attempts"], 2, "the dead process's claim was requeued at the restart: {t0}");
+    let seen = t0["results"].clone();
+    assert_eq!((&seen["pid"], &seen["status"]), (&json!(pid), &json!("active")), "{seen}");
+    assert_eq!(status(&env, "t1")["status"], "pending");
+    // A live process registered under the id (not this worker's own agent) is refused.
+    let mut other = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
+    env.cmd("registry").args(["register", "w2", "--type", "worker", "--pid", &other.id().to_string()]).ok();
+    env.cmd("taskd").args(["work", "w2", "--max-tasks", "1", "--", "true"]).code(1).stderr_has(&["another worker"]);
+    assert_eq!(env.cmd("registry").args(["show", "w2"]).ok().json()["pid"], json!(other.id()));
+    other.kill().expect("kill");
+    other.wait().expect("reap");
+}
+
+#[test]
 fn claim_wait_wakes_on_submit_and_times_out_with_exit_3() {
     let env = TestEnv::with_session();
     register(&env, "a", "worker", &[]);
@@ -498,6 +628,30 @@ fn cancel_stops_a_task_and_its_dependents() {
     assert_eq!(t["status"], "cancelled");
     assert_eq!(status(&env, "c2")["status"], "failed");
     env.cmd("taskd").args(["cancel", "c1"]).code(1);
+}
+
+#[test]
+fn a_record_whose_id_escapes_is_set_aside_and_the_pass_goes_on() {
+    let env = TestEnv::with_session();
+    register(&env, "w1", "worker", &[]);
+    submit(&env, &["--id", "real"]);
+    let mut t = env.cmd("taskd").args(["claim", "w1", "--lease", "0.2"]).ok().json();
+    // A copy of a real claimed record whose content names a task outside the session.
+    let outside = env.root.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    t["id"] = json!("../../../../outside/PWNED");
+    let planted = env.dir().join("tasks/claimed/x.json");
+    std::fs::write(&planted, t.to_string()).expect("plant");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = env.cmd("taskd").args(["requeue", "--expired"]).ok();
+    out.stderr_has(&["aside"]);
+    let r = out.json();
+    assert_eq!((&r["requeued"], &r["tasks"]), (&json!(1), &json!(["real"])), "the genuine lapsed claim: {r}");
+    assert_eq!(std::fs::read_dir(&outside).expect("outside").count(), 0, "nothing created outside the session");
+    assert!(!planted.exists());
+    assert_eq!(std::fs::read_dir(env.dir().join("tasks/garbage")).expect("garbage").count(), 1);
+    assert_eq!(status(&env, "real")["status"], "pending");
+    env.cmd("taskd").args(["show", "x"]).code(1);
 }
 
 #[test]

@@ -9,10 +9,15 @@
 //! tasks/cancelled/<id>.json  cancelled
 //! tasks/dependents/<id>/<child>  who waits for <id>
 //! tasks/locks/<id>.lock      flock serializing one live task's transitions
+//! tasks/finishing/<id>       a final status's follow-up is owed
 //! ```
 //!
 //! A transition takes the task's lock, renames the record into its new status directory
 //! (the atomic status change), then rewrites the record in place with the new fields.
+//! A transition to a final status publishes its content first ([`publish_final`]): it
+//! marks the follow-up owed, replaces the record in place with the final content, then
+//! renames it, and runs the follow-up under the lock; a pass finishes what a killed
+//! process left ([`finish_interrupted`]).
 //! Claimers take the lock with a non-blocking try and move on to the next candidate when
 //! another process has it, so exactly one claimer wins and nobody waits. Completion and
 //! failure check the claim token (or agent) under the same lock, so a holder whose claim
@@ -174,6 +179,117 @@ fn retire_lock(dir: &SessionDir, id: &str, guard: LockGuard) {
     drop(guard);
 }
 
+/// `tasks/finishing/<id>`: present from before a task's final record is published until
+/// its follow-up ([`after_final`]) has run; [`finish_interrupted`] finishes what a killed
+/// process left.
+fn finishing_file(dir: &SessionDir, id: &str) -> PathBuf {
+    dir.tasks_status_dir("finishing").join(id)
+}
+
+/// Under the task's lock, publishes `t` (its status already final) from `from`: marks the
+/// follow-up as owed, replaces the record in place with its final content, then renames
+/// it into the final directory. A process killed at any point leaves either the old
+/// record, or the final content in the old or the new directory, and the mark, so the
+/// final fields are never lost and the follow-up is finished later. `Ok(false)` when the
+/// record is gone.
+fn publish_final(dir: &SessionDir, t: &Task, from: &Path) -> Result<bool> {
+    let mark = finishing_file(dir, &t.id);
+    if let Some(parent) = mark.parent() {
+        fsio::ensure_dir(parent)?;
+    }
+    std::fs::File::create(&mark).ctx("create", &mark)?;
+    fsio::sync_parent(&mark)?;
+    let Some(s) = t.state().filter(|s| s.is_final()) else {
+        return Err(Error::Failed(format!("task {:?}: {:?} is not a final status", t.id, t.status)));
+    };
+    rewrite_record(from, t)?;
+    rename_existing(from, &status_file(dir, s, &t.id))
+}
+
+/// The follow-up of a published final record, still under the task's lock; then the mark
+/// and the lock go. `again` when an interrupted follow-up is being run again.
+fn finish_final(
+    dir: &SessionDir,
+    t: &Task,
+    guard: LockGuard,
+    unassign: Unassign,
+    again: bool,
+    timeout: Duration,
+) -> Result<()> {
+    after_final(dir, t, unassign, again, timeout)?;
+    let _ = std::fs::remove_file(finishing_file(dir, &t.id));
+    retire_lock(dir, &t.id, guard);
+    Ok(())
+}
+
+/// Under the task's lock, finishes a transition to a final status that a killed process
+/// left half done: moves a final record still in its old directory, then runs the
+/// follow-up again. Gives the guard back when the task is live (nothing to finish).
+fn finish_one(dir: &SessionDir, id: &str, guard: LockGuard, timeout: Duration) -> Result<Option<LockGuard>> {
+    let mark = finishing_file(dir, id);
+    if !mark.exists() {
+        if dep_status(dir, id).is_some() {
+            retire_lock(dir, id, guard);
+            return Ok(None);
+        }
+        return Ok(Some(guard));
+    }
+    let t = match locate(dir, id)? {
+        Some((s, path)) if s.is_final() => read_record(&path, s)?,
+        Some((_, path)) => {
+            // Still in its old directory: the status field says whether the final content
+            // was written (the transition is under way) or not.
+            let t: Task = fsio::read_json(&path)?;
+            match t.state().filter(|f| f.is_final() && t.id == id) {
+                Some(f) => {
+                    if !rename_existing(&path, &status_file(dir, f, id))? {
+                        return Ok(Some(guard));
+                    }
+                    t
+                }
+                None => {
+                    // The final content was never written: the transition did not happen.
+                    let _ = std::fs::remove_file(&mark);
+                    return Ok(Some(guard));
+                }
+            }
+        }
+        None => {
+            let _ = std::fs::remove_file(&mark);
+            return Ok(Some(guard));
+        }
+    };
+    finish_final(dir, &t, guard, Unassign::Now, true, timeout)?;
+    Ok(None)
+}
+
+/// Finishes every transition to a final status whose process was killed before its
+/// follow-up ran (dependents released or failed, results appended, waiters woken). A
+/// task whose lock is busy is being finished by a live process and is left to it. Costs
+/// one listing of `tasks/finishing/` when nothing was interrupted.
+fn finish_interrupted(dir: &SessionDir, timeout: Duration) {
+    let names = match index::list_names(&dir.tasks_status_dir("finishing")) {
+        Ok(n) => n,
+        Err(e) => {
+            log::warn!("{e}");
+            return;
+        }
+    };
+    for name in names {
+        if id::validate("task", &name).is_err() {
+            index::set_aside(&dir.tasks_garbage_dir(), &dir.tasks_status_dir("finishing").join(&name));
+            continue;
+        }
+        let r = lock::try_acquire(&dir.task_lock_file(&name)).and_then(|g| match g {
+            Some(g) => finish_one(dir, &name, g, timeout).map(drop),
+            None => Ok(()),
+        });
+        if let Err(e) = r {
+            log::warn!("task {name:?}: could not finish its interrupted transition: {e}");
+        }
+    }
+}
+
 /// Renames `from` to `to`, creating `to`'s directory if a claimer just removed it.
 /// `Ok(false)` when `from` is gone (another process moved it first).
 fn rename_existing(from: &Path, to: &Path) -> Result<bool> {
@@ -270,6 +386,17 @@ fn locate(dir: &SessionDir, id: &str) -> Result<Option<(Status, PathBuf)>> {
 
 fn read_record(path: &Path, s: Status) -> Result<Task> {
     let mut t: Task = fsio::read_json(path)?;
+    // Paths are built from the id: it must be valid and the one the file is named for.
+    let stem = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json"));
+    let named = if s == Status::Pending { stem.and_then(|n| n.split_once('.')).map(|(_, i)| i) } else { stem };
+    if id::validate("task", &t.id).is_err() || named != Some(t.id.as_str()) {
+        return Err(Error::Malformed {
+            path: path.to_path_buf(),
+            line: 1,
+            column: 1,
+            message: format!("the record's id {:?} is not a valid task id matching its file name", t.id),
+        });
+    }
     if !(s == Status::Claimed && t.status == "assigned") {
         t.status = s.name().to_string();
     }
@@ -494,10 +621,8 @@ fn recheck_blocked(dir: &SessionDir, id: &str, timeout: Duration) -> Result<Opti
                 t.status = Status::Failed.name().to_string();
                 t.failed_at = Some(time::now_rfc3339());
                 t.reason = Some(format!("dependency failed: task {d:?} is {}", s.name()));
-                let dest = status_file(dir, Status::Failed, id);
-                if rename_existing(&path, &dest)? {
-                    rewrite_record(&dest, &t)?;
-                }
+                // Its mark goes once cascade_failures, which every caller runs, is done.
+                publish_final(dir, &t, &path)?;
                 retire_lock(dir, id, guard);
                 bell::ring(&dir.task_finished_bell());
                 return Ok(Some(Status::Failed));
@@ -529,6 +654,7 @@ fn cascade_failures(dir: &SessionDir, mut finished: Vec<String>, timeout: Durati
                 finished.push(child);
             }
         }
+        let _ = std::fs::remove_file(finishing_file(dir, &id));
     }
     Ok(())
 }
@@ -741,17 +867,14 @@ pub(crate) fn complete_as(
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (mut t, path) = held(dir, id, holder)?;
-    let dest = status_file(dir, Status::Completed, id);
-    if !rename_existing(&path, &dest)? {
-        return Err(Error::Failed(format!("claim lost: task {id:?} moved while completing")));
-    }
     t.status = Status::Completed.name().to_string();
     t.completed_at = Some(time::now_rfc3339());
     t.results = Some(result);
     t.clear_claim();
-    rewrite_record(&dest, &t)?;
-    retire_lock(dir, id, guard);
-    after_final(dir, &t, unassign, timeout)?;
+    if !publish_final(dir, &t, &path)? {
+        return Err(Error::Failed(format!("claim lost: task {id:?} moved while completing")));
+    }
+    finish_final(dir, &t, guard, unassign, false, timeout)?;
     Ok(t)
 }
 
@@ -815,13 +938,10 @@ fn requeue_held(
         t.status = Status::Failed.name().to_string();
         t.failed_at = Some(time::now_rfc3339());
         t.reason = Some(format!("failed after {} attempt(s): {last}", t.attempts));
-        let dest = status_file(dir, Status::Failed, &t.id);
-        if !rename_existing(path, &dest)? {
+        if !publish_final(dir, &t, path)? {
             return Err(Error::Failed(format!("claim lost: task {:?} moved while failing", t.id)));
         }
-        rewrite_record(&dest, &t)?;
-        retire_lock(dir, &t.id, guard);
-        after_final(dir, &t, unassign, timeout)?;
+        finish_final(dir, &t, guard, unassign, false, timeout)?;
         return Ok(t);
     }
     t.status = Status::Pending.name().to_string();
@@ -841,13 +961,17 @@ fn requeue_held(
     Ok(t)
 }
 
-/// What follows a final status: registry, results file, waiters, dependents.
-fn after_final(dir: &SessionDir, t: &Task, unassign: Unassign, timeout: Duration) -> Result<()> {
+/// What follows a final status: registry, results file, waiters, dependents. Every step
+/// may run again after an interruption (`again`): the registry update, the bells and the
+/// dependents' re-checks are idempotent, and the results entry is appended only if the
+/// file lacks it.
+fn after_final(dir: &SessionDir, t: &Task, unassign: Unassign, again: bool, timeout: Duration) -> Result<()> {
     if let Some(a) = &t.assigned_to {
         if unassign == Unassign::Now {
             note_assigned(dir, a, &t.id, false, timeout);
         }
         if t.state() != Some(Status::Cancelled)
+            && !(again && result_recorded(dir, a, &t.id))
             && let Err(e) = append_result(dir, a, t, timeout)
         {
             log::warn!("task {:?}: could not append to results/{a}.jsonl: {e}", t.id);
@@ -864,6 +988,11 @@ fn after_final(dir: &SessionDir, t: &Task, unassign: Unassign, timeout: Duration
     } else {
         cascade_failures(dir, vec![t.id.clone()], timeout)
     }
+}
+
+/// Whether `results/<agent>.jsonl` already holds an entry for task `id`.
+fn result_recorded(dir: &SessionDir, agent: &str, id: &str) -> bool {
+    crate::report::read_result_log(&dir.result_log(agent)).is_ok_and(|r| r.tasks.iter().any(|e| e.id == id))
 }
 
 /// Appends a finished task to `results/<agent>.jsonl`, the agent's results log: one
@@ -933,17 +1062,14 @@ pub fn cancel(dir: &SessionDir, id: &str, reason: Option<&str>, timeout: Duratio
         return Err(Error::Failed(format!("task {id:?} is already {}; nothing to cancel", s.name())));
     }
     let mut t = read_record(&path, s)?;
-    let dest = status_file(dir, Status::Cancelled, id);
-    if !rename_existing(&path, &dest)? {
-        return Err(Error::Failed(format!("task {id:?} moved while cancelling; try again")));
-    }
     t.status = Status::Cancelled.name().to_string();
     t.failed_at = Some(time::now_rfc3339());
     t.reason = Some(reason.unwrap_or("cancelled").to_string());
     t.clear_claim();
-    rewrite_record(&dest, &t)?;
-    retire_lock(dir, id, guard);
-    after_final(dir, &t, Unassign::Now, timeout)?;
+    if !publish_final(dir, &t, &path)? {
+        return Err(Error::Failed(format!("task {id:?} moved while cancelling; try again")));
+    }
+    finish_final(dir, &t, guard, Unassign::Now, false, timeout)?;
     Ok(t)
 }
 
@@ -975,25 +1101,15 @@ fn requeue_where(dir: &SessionDir, why: &dyn Fn(&Task) -> Option<String>, timeou
         if why(&t).is_none() {
             continue;
         }
-        let guard = task_lock(dir, &t.id, timeout)?;
-        let path = status_file(dir, Status::Claimed, &t.id);
-        let current = match read_record(&path, Status::Claimed) {
-            Ok(c) => c,
-            Err(e) if fsio::is_not_found(&e) => continue,
-            Err(e) => return Err(e),
+        // One task that cannot be requeued does not stop the others.
+        let after = match requeue_one(dir, why, &t, timeout) {
+            Ok(Some(after)) => after,
+            Ok(None) => continue,
+            Err(e) => {
+                log::warn!("task {:?}: not requeued: {e}", t.id);
+                continue;
+            }
         };
-        // Re-check under the lock: the claim may have changed since the listing.
-        if current.claim_token != t.claim_token {
-            continue;
-        }
-        let Some(reason) = why(&current) else { continue };
-        let err = TaskError {
-            attempt: current.attempts,
-            agent: current.assigned_to.clone(),
-            at: time::now_rfc3339(),
-            error: reason,
-        };
-        let after = requeue_held(dir, guard, current, &path, true, Some(err), Unassign::Now, timeout)?;
         if after.state() == Some(Status::Failed) {
             report.failed += 1;
         } else {
@@ -1002,6 +1118,41 @@ fn requeue_where(dir: &SessionDir, why: &dyn Fn(&Task) -> Option<String>, timeou
         report.tasks.push(after.id);
     }
     Ok(report)
+}
+
+/// Requeues one listed claim under its lock if it still qualifies.
+fn requeue_one(
+    dir: &SessionDir,
+    why: &dyn Fn(&Task) -> Option<String>,
+    t: &Task,
+    timeout: Duration,
+) -> Result<Option<Task>> {
+    let mut guard = task_lock(dir, &t.id, timeout)?;
+    if finishing_file(dir, &t.id).exists() {
+        // Its holder was finishing it: finish that rather than requeue.
+        match finish_one(dir, &t.id, guard, timeout)? {
+            Some(g) => guard = g,
+            None => return Ok(None),
+        }
+    }
+    let path = status_file(dir, Status::Claimed, &t.id);
+    let current = match read_record(&path, Status::Claimed) {
+        Ok(c) => c,
+        Err(e) if fsio::is_not_found(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Re-check under the lock: the claim may have changed since the listing.
+    if current.claim_token != t.claim_token {
+        return Ok(None);
+    }
+    let Some(reason) = why(&current) else { return Ok(None) };
+    let err = TaskError {
+        attempt: current.attempts,
+        agent: current.assigned_to.clone(),
+        at: time::now_rfc3339(),
+        error: reason,
+    };
+    requeue_held(dir, guard, current, &path, true, Some(err), Unassign::Now, timeout).map(Some)
 }
 
 /// Returns every task claimed by `agent` to the queue, counting the attempt; a task
@@ -1016,6 +1167,7 @@ pub fn requeue_agent(dir: &SessionDir, agent: &str, reason: &str, timeout: Durat
 /// Returns every claim whose lease has lapsed to the queue, counting the attempt. For
 /// healthmon and `taskd requeue --expired`.
 pub fn requeue_expired(dir: &SessionDir, timeout: Duration) -> Result<RequeueReport> {
+    finish_interrupted(dir, timeout);
     let why = |t: &Task| {
         let now = SystemTime::now();
         lapsed(dir, t, now).then(|| match &t.assigned_to {
@@ -1121,6 +1273,7 @@ pub fn refresh_view(dir: &SessionDir, tasks: &[Task], timeout: Duration) -> Resu
 /// Counts tasks, writes `operation_progress` to `state/global.json` and refreshes the
 /// `state/tasks.json` view.
 pub fn progress(dir: &SessionDir, timeout: Duration) -> Result<Progress> {
+    finish_interrupted(dir, timeout);
     let tasks = list_all(dir)?;
     let p = count(&tasks);
     refresh_view(dir, &tasks, timeout)?;
@@ -1182,6 +1335,7 @@ pub fn wait(dir: &SessionDir, ids: &[String], limit: Option<Duration>) -> Result
     let deadline = limit.map(|l| std::time::Instant::now() + l);
     let mut b = bell::Bell::watch(&[dir.task_finished_bell()]);
     loop {
+        finish_interrupted(dir, lock::default_timeout());
         let out = wait_check(dir, ids)?;
         if out.unfinished == 0 || (!ids.is_empty() && !out.failed.is_empty()) {
             return Ok(out);

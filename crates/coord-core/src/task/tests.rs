@@ -142,3 +142,75 @@ fn claims_follow_priority_then_age_across_chunks() {
     assert_eq!(order[n], format!("t{}", n - 1));
     assert_eq!(order[n + 1], "last");
 }
+
+/// The states a completer killed mid-transition leaves (the final content written in
+/// `claimed/`, or moved to `done/`, with the follow-up owed) are finished by the next
+/// pass: the result is kept, the child released, the results entry written once.
+#[test]
+fn an_interrupted_completion_is_finished_by_the_next_pass() {
+    for moved in [false, true] {
+        let (_t, dir) = session();
+        agent(&dir, "a", &[]);
+        submit(&dir, vec![task("p"), NewTask { dependencies: vec!["p".into()], ..task("c") }], T).expect("submit");
+        let mut t = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("p");
+        // What complete() publishes before it is killed.
+        t.status = Status::Completed.name().to_string();
+        t.completed_at = Some(time::now_rfc3339());
+        t.results = Some(json!({"answer": 42}));
+        t.clear_claim();
+        let claimed = status_file(&dir, Status::Claimed, "p");
+        fsio::ensure_dir(&dir.tasks_status_dir("finishing")).expect("dir");
+        std::fs::File::create(finishing_file(&dir, "p")).expect("mark");
+        fsio::write_json(&claimed, &t).expect("final content");
+        if moved {
+            std::fs::rename(&claimed, status_file(&dir, Status::Completed, "p")).expect("rename");
+        }
+        assert_eq!(show(&dir, "c").expect("c").status, "blocked");
+        let r = requeue_expired(&dir, T).expect("requeue");
+        assert_eq!(r, RequeueReport::default(), "nothing requeued (moved: {moved})");
+        let p = show(&dir, "p").expect("p");
+        assert_eq!((p.status.as_str(), p.results.clone()), ("completed", Some(json!({"answer": 42}))));
+        assert_eq!(show(&dir, "c").expect("c").status, "pending", "the child is released (moved: {moved})");
+        assert!(!finishing_file(&dir, "p").exists() && !dir.task_lock_file("p").exists());
+        // Running the follow-up again does not append the results entry twice.
+        std::fs::File::create(finishing_file(&dir, "p")).expect("mark again");
+        wait(&dir, &["p".to_string()], Some(T)).expect("wait");
+        let results = crate::report::read_result_log(&dir.result_log("a")).expect("results");
+        assert_eq!(results.tasks.len(), 1);
+        assert_eq!(registry::show(&dir, "a").expect("a").assigned_tasks, Vec::<String>::new());
+    }
+}
+
+/// A killed process that had only marked the follow-up, not yet written the final
+/// content, changed nothing: the claim stays with its holder.
+#[test]
+fn a_mark_without_final_content_leaves_the_claim() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![task("p")], T).expect("submit");
+    let t = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("p");
+    fsio::ensure_dir(&dir.tasks_status_dir("finishing")).expect("dir");
+    std::fs::File::create(finishing_file(&dir, "p")).expect("mark");
+    progress(&dir, T).expect("progress");
+    assert!(!finishing_file(&dir, "p").exists());
+    assert_eq!(show(&dir, "p").expect("p").claim_token, t.claim_token);
+    complete(&dir, "p", &Holder { agent: None, token: t.claim_token }, json!(1), T).expect("complete");
+}
+
+/// A claim that cannot be requeued (here its lock stays busy) is logged and skipped; the
+/// pass requeues the others.
+#[test]
+fn a_claim_that_cannot_be_requeued_does_not_stop_the_pass() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![task("x"), task("y")], T).expect("submit");
+    let opts = ClaimOptions { lease: Duration::ZERO, assigned_by: None };
+    claim(&dir, "a", &opts, T).expect("claim").expect("x");
+    claim(&dir, "a", &opts, T).expect("claim").expect("y");
+    std::thread::sleep(Duration::from_millis(20));
+    let busy = task_lock(&dir, "x", T).expect("hold x");
+    let r = requeue_expired(&dir, Duration::from_millis(100)).expect("the pass goes on");
+    assert_eq!(r.tasks, vec!["y".to_string()]);
+    drop(busy);
+    assert_eq!(requeue_expired(&dir, T).expect("requeue").tasks, vec!["x".to_string()]);
+}

@@ -165,11 +165,25 @@ fn resolve_program(program: &str) -> PathBuf {
     PathBuf::from(program)
 }
 
-/// Registers the agent (as this process) unless an active registration exists.
-/// Returns whether it registered.
+/// Registers the agent (as this process) unless an active registration of a live
+/// process on this host exists: this process, or one it runs under (the agent that
+/// started it). A registration whose process is gone, or from another host, is replaced,
+/// since a restarted worker would otherwise run under a dead process's registration
+/// and healthmon would requeue its live work. A live registration of any other process
+/// is another worker under this id: refused. Returns whether it registered.
 fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) -> Result<bool> {
+    let live = |a: &crate::record::Agent| {
+        a.host == crate::sys::host() && a.pid.is_some_and(|p| crate::sys::process_alive(p, a.process_start))
+    };
     match registry::show(dir, &opts.agent) {
-        Ok(a) if a.status == agent_status::ACTIVE => {
+        Ok(a) if a.status == agent_status::ACTIVE && live(&a) => {
+            let pid = a.pid.unwrap_or_default();
+            if !runs_under(pid) {
+                return Err(Error::Failed(format!(
+                    "agent {:?} is registered to process {pid} on {}, which is alive: another worker runs under this id; pick another id",
+                    opts.agent, a.host
+                )));
+            }
             let missing: Vec<String> =
                 opts.capabilities.iter().filter(|c| !a.capabilities.contains(c)).cloned().collect();
             if !missing.is_empty() {
@@ -178,7 +192,8 @@ fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) ->
             }
             Ok(false)
         }
-        _ => {
+        old => {
+            let dead_here = matches!(&old, Ok(a) if a.status == agent_status::ACTIVE && a.host == crate::sys::host());
             let req = registry::Registration {
                 id: opts.agent.clone(),
                 agent_type: opts.agent_type.clone().unwrap_or_else(|| "worker".to_string()),
@@ -187,9 +202,37 @@ fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) ->
                 replace: true,
             };
             registry::register(dir, &req, timeout)?;
+            if dead_here {
+                // What the dead process held goes back to the queue, as healthmon would
+                // have done; this process has claimed nothing yet.
+                let why = format!("agent {} restarted; its previous process is gone", opts.agent);
+                let r = super::requeue_agent(dir, &opts.agent, &why, timeout)?;
+                if !r.tasks.is_empty() {
+                    log::warn!("{why}: requeued its tasks {:?}", r.tasks);
+                }
+            }
             Ok(true)
         }
     }
+}
+
+/// Whether `pid` is this process or one of its ancestors.
+fn runs_under(pid: u32) -> bool {
+    let mut p = std::process::id();
+    for _ in 0..64 {
+        if p == pid {
+            return true;
+        }
+        let parent = std::fs::read_to_string(format!("/proc/{p}/stat")).ok().and_then(|stat| {
+            // Field 4, counted after the command name's closing parenthesis.
+            stat[stat.rfind(')')? + 1..].split_ascii_whitespace().nth(1)?.parse::<u32>().ok()
+        });
+        match parent {
+            Some(pp) if pp > 1 => p = pp,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn run_one(
