@@ -140,9 +140,12 @@ fn map_reduce_totals_equal_a_direct_count() {
     let maps = all.len() - 1;
     let mut reported = 0;
     for w in ["w1", "w2", "w3"] {
-        if let Ok(text) = std::fs::read_to_string(env.dir().join(format!("results/{w}.json"))) {
-            let r: Value = serde_json::from_str(&text).expect("result file");
-            reported += r["tasks"].as_array().expect("tasks").len();
+        // taskd appends one seed-shaped {agent, tasks: [entry], execution_time} per line.
+        if let Ok(text) = std::fs::read_to_string(env.dir().join(format!("results/{w}.jsonl"))) {
+            for line in text.lines() {
+                let r: Value = serde_json::from_str(line).expect("result line");
+                reported += r["tasks"].as_array().expect("tasks").len();
+            }
         }
     }
     assert_eq!(reported, maps + 1);

@@ -5,7 +5,7 @@
 #
 # map:    every file is cut into chunks of CHUNK_LINES lines; each chunk is one task.
 #         WORKERS agents (`taskd work`) claim chunks and count their words; each count
-#         is stored with its task and appended to the agent's results/<agent>.json.
+#         is stored with its task and appended to the agent's results/<agent>.jsonl.
 # reduce: one more task, submitted `--after` every map task, adds the counts up into
 #         state/wordcount.json; its own result is the summary.
 # The steps are in scripts/lib/wordcount.sh. The script exits 1 unless the total equals
