@@ -14,4 +14,5 @@ mod healthmon;
 mod help;
 mod msgq;
 mod patterns;
+mod readme;
 mod taskd;
