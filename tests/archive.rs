@@ -305,13 +305,18 @@ fn remove_deletes_the_session_only_after_a_verified_archive_and_active_agents_wa
     assert_eq!(v["active_agents"], json!(["w1"]));
     assert!(!env.dir().exists());
     assert!(PathBuf::from(v["archive"].as_str().expect("path")).is_file());
-    let leftovers: Vec<_> = std::fs::read_dir(&env.base)
+    let leftovers = hidden_files(&env.base);
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// Hidden (temporary) files left in the base directory.
+fn hidden_files(base: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(base)
         .expect("ls")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with('.'))
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+        .collect()
 }
 
 #[test]
@@ -345,11 +350,6 @@ fn a_failed_rearchive_keeps_the_earlier_archive() {
     let _ = std::process::Command::new("chattr").arg("-i").arg(env.dir()).status();
     out.assert_code(1);
     assert_eq!(std::fs::read(&path).expect("earlier archive still there"), before);
-    let leftovers: Vec<_> = std::fs::read_dir(&env.base)
-        .expect("ls")
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with('.'))
-        .collect();
+    let leftovers = hidden_files(&env.base);
     assert!(leftovers.is_empty(), "no temporary files left: {leftovers:?}");
 }
