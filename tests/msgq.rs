@@ -395,3 +395,31 @@ fn msgq_help_lists_examples_and_exit_codes() {
     assert!(env.cmd("msgq").arg("--version").ok().stdout_str().starts_with("msgq"));
     env.cmd("msgq").args(["recv", "w1"]).env_remove("COORD_SESSION").code(2);
 }
+
+/// Directories left under a mailbox's queue.
+fn queue_dirs(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| 1 + queue_dirs(&e.path()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn msgq_many_distinct_priorities_leave_no_directories_behind() {
+    let env = env_with(&["w1"]);
+    let lines: String =
+        (0..200).map(|p| format!("{{\"to\":\"w1\",\"type\":\"t\",\"priority\":{}}}\n", p * 7 - 300)).collect();
+    env.cmd("msgq").args(["send", "--batch", "--from", "x"]).run_with_stdin(lines.as_bytes()).assert_code(0);
+    let new = env.dir().join("messages/w1/new");
+    assert!(queue_dirs(&new) >= 200, "one priority directory (and its shards) per priority while queued");
+    let got = drain(&env, "w1");
+    assert_eq!(got.len(), 200);
+    let prios: Vec<i64> = got.iter().map(|m| m["priority"].as_i64().expect("priority")).collect();
+    assert!(prios.windows(2).all(|w| w[0] >= w[1]), "highest priority first");
+    // A receive costs a walk of what is left: drained priorities must not stay behind.
+    assert_eq!(queue_dirs(&new), 0, "drained priority directories are removed");
+}

@@ -464,6 +464,12 @@ impl Scan<'_> {
                     if level > 0 && ((child_drained && level >= 3) || stale) {
                         let _ = fs::remove_dir(&child);
                     }
+                    // A drained priority other than the default one goes with its whole
+                    // empty chain, so senders that use many distinct priorities cannot
+                    // leave directories behind that every later receive has to walk.
+                    if level == 0 && child_drained && name != queue_shard::priority(0) {
+                        remove_empty_tree(&child);
+                    }
                 }
             }
         }
@@ -493,6 +499,21 @@ impl Scan<'_> {
         }
         Ok(true)
     }
+}
+
+/// Removes `dir` and the directories under it if none of them holds a file; returns
+/// whether `dir` is gone. `rmdir` of a directory a sender has just filled fails, and a
+/// sender whose directory vanished creates it again, so this never loses a message.
+fn remove_empty_tree(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else { return false };
+    let mut empty = true;
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir || !remove_empty_tree(&entry.path()) {
+            empty = false;
+        }
+    }
+    empty && fs::remove_dir(dir).is_ok()
 }
 
 /// The entries of `dir` sorted by name, with whether each is a directory (from the
