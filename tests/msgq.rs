@@ -423,3 +423,34 @@ fn msgq_many_distinct_priorities_leave_no_directories_behind() {
     // A receive costs a walk of what is left: drained priorities must not stay behind.
     assert_eq!(queue_dirs(&new), 0, "drained priority directories are removed");
 }
+
+/// The one file under `dir` (recursively).
+fn only_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("ls").filter_map(|e| e.ok()) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            } else {
+                found.push(e.path());
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.remove(0)
+}
+
+#[test]
+fn msgq_a_claim_caught_between_link_and_unlink_is_not_quarantined() {
+    // On filesystems without RENAME_NOREPLACE a claim is link(new, cur) then unlink(new).
+    // Plant the state a receiver leaves between the two: both names, one inode.
+    let env = env_with(&["w1"]);
+    env.cmd("msgq").args(["send", "--from", "x", "--to", "w1", "--type", "t"]).ok();
+    let queued = only_file(&env.dir().join("messages/w1/new"));
+    let name = queued.file_name().expect("name").to_owned();
+    std::fs::hard_link(&queued, env.dir().join("messages/w1/cur").join(&name)).expect("link");
+    env.cmd("msgq").args(["recv", "w1"]).code(3);
+    let c = count(&env, "w1");
+    assert_eq!((c["queued"].as_u64(), c["in_flight"].as_u64(), c["bad"].as_u64()), (Some(0), Some(1), Some(0)), "{c}");
+}

@@ -488,7 +488,15 @@ impl Scan<'_> {
             // Another receiver won this one.
             Err(e) if fsio::is_not_found(&e) => return Ok(false),
             Ok(false) => {
-                quarantine(self.dir, self.agent, path, "a message with this id is already in flight");
+                // Where rename cannot refuse to replace (link + unlink, e.g. NFS), another
+                // receiver may be between its link and its unlink of this very file (or
+                // died there): both names are one inode and the message is already theirs,
+                // so the queue's name is just dropped.
+                if same_file(path, &claimed) {
+                    let _ = fs::remove_file(path);
+                } else {
+                    quarantine(self.dir, self.agent, path, "a message with this id is already in flight");
+                }
                 return Ok(false);
             }
             Err(e) => return Err(e),
@@ -498,6 +506,15 @@ impl Scan<'_> {
             Err(why) => quarantine(self.dir, self.agent, &claimed, &why),
         }
         Ok(true)
+    }
+}
+
+/// Whether two paths name the same inode.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::symlink_metadata(a), fs::symlink_metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
