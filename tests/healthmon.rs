@@ -304,3 +304,23 @@ fn resource_use_is_sampled_into_the_registry_and_metrics() {
     let table = env.cmd("healthmon").arg("status").ok().stdout_str();
     assert!(table.contains("progress") && table.contains("r1") && table.contains("MAILBOX"), "{table}");
 }
+
+#[test]
+fn a_visibility_timeout_requeues_messages_a_live_agent_never_acked() {
+    let env = TestEnv::with_session();
+    env.cmd("registry").args(["register", "v1", "--type", "worker", "--pid", &std::process::id().to_string()]).ok();
+    env.cmd("msgq").args(["send", "--from", "x", "--to", "v1", "--type", "job"]).ok();
+    env.cmd("msgq").args(["recv", "v1"]).ok();
+    // Without --visibility a live agent's in-flight message stays where it is.
+    env.cmd("healthmon").args(["--once", "--sample-every", "0"]).ok();
+    assert_eq!(env.cmd("msgq").args(["count", "v1"]).ok().json()["in_flight"], 1);
+    std::thread::sleep(Duration::from_millis(400));
+    let out = env.cmd("healthmon").args(["--once", "--sample-every", "0", "--visibility", "0.3"]).ok();
+    let ev = out.json_lines();
+    let back = ev.iter().find(|e| e["event"] == "messages_requeued").expect("messages_requeued event");
+    assert_eq!(back["agent"], "v1");
+    assert_eq!(back["requeued_messages"], 1);
+    let counts = env.cmd("msgq").args(["count", "v1"]).ok().json();
+    assert_eq!((counts["queued"].as_u64(), counts["in_flight"].as_u64()), (Some(1), Some(0)), "{counts}");
+    assert_eq!(agent(&env, "v1")["status"], "active");
+}

@@ -454,3 +454,21 @@ fn msgq_a_claim_caught_between_link_and_unlink_is_not_quarantined() {
     let c = count(&env, "w1");
     assert_eq!((c["queued"].as_u64(), c["in_flight"].as_u64(), c["bad"].as_u64()), (Some(0), Some(1), Some(0)), "{c}");
 }
+
+#[test]
+fn msgq_requeue_older_than_returns_only_messages_held_past_the_timeout() {
+    let env = env_with(&["w1"]);
+    for _ in 0..2 {
+        env.cmd("msgq").args(["send", "--from", "x", "--to", "w1", "--type", "t"]).ok();
+    }
+    env.cmd("msgq").args(["recv", "w1"]).ok();
+    let young = env.cmd("msgq").args(["requeue", "w1", "--older-than", "60"]).ok().json();
+    assert_eq!(young["requeued"], 0, "a message received just now is still visible to its receiver");
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let old = env.cmd("msgq").args(["requeue", "w1", "--older-than", "0.3"]).ok().json();
+    assert_eq!(old["requeued"], 1);
+    let c = count(&env, "w1");
+    assert_eq!((c["queued"].as_u64(), c["in_flight"].as_u64()), (Some(2), Some(0)), "{c}");
+    let again = env.cmd("msgq").args(["recv", "w1", "--max", "2"]).ok().json_lines();
+    assert_eq!(again.iter().filter(|m| m["delivery_count"] == 1).count(), 1, "the requeued one says it came back");
+}

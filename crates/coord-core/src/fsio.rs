@@ -192,6 +192,16 @@ pub fn write_temp_in(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Sets a file's modification time to now (one `utimensat(2)`; the file must exist).
+pub fn touch(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: `c` is a valid NUL-terminated path; a null `times` means "now".
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+}
+
 /// Renames `from` to `to` unless `to` exists; `Ok(false)` if it does (nothing moved).
 ///
 /// Uses `renameat2(RENAME_NOREPLACE)`; on filesystems without it (NFS, older kernels)

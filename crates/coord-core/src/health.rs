@@ -321,6 +321,9 @@ pub struct MonitorConfig {
     pub lock_timeout: Duration,
     /// How often resource use is sampled (`None`: never).
     pub sample_every: Option<Duration>,
+    /// Messages in flight longer than this go back to the queue even if their agent
+    /// lives (`None`: only a dead agent's messages are requeued).
+    pub visibility: Option<Duration>,
 }
 
 /// What one tick found and did.
@@ -426,6 +429,10 @@ impl Monitor {
             }
         }
         self.requeue_expired(&mut report);
+        if let Some(visibility) = self.cfg.visibility {
+            let live: Vec<String> = agents.iter().filter(|a| is_live_status(&a.status)).map(|a| a.id.clone()).collect();
+            self.requeue_unacked(&mut report, &live, visibility);
+        }
         if let Some(every) = self.cfg.sample_every
             && self.last_sample.is_none_or(|t| t.elapsed() >= every)
         {
@@ -496,6 +503,31 @@ impl Monitor {
             }
             Err(e) => {
                 event.extra.insert("message_error".into(), Value::String(e.to_string()));
+            }
+        }
+    }
+
+    /// Returns messages that live agents received but did not ack within `visibility`.
+    fn requeue_unacked(&mut self, report: &mut TickReport, agents: &[String], visibility: Duration) {
+        for agent in agents {
+            match crate::mailbox::requeue_older_than(&self.dir, agent, self.cfg.max_deliveries, Some(visibility)) {
+                Ok(r) if r.requeued + r.dead > 0 => {
+                    let why = format!("not acked within {:.1}s of being received", visibility.as_secs_f64());
+                    let mut event = Event::new("messages_requeued", Some(agent), Some(why));
+                    event.requeued_messages = r.requeued;
+                    event.extra.insert("dead_messages".into(), serde_json::json!(r.dead));
+                    self.emit(report, event);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    report.problems += 1;
+                    if self.once.first(&format!("visibility:{agent}")) {
+                        self.emit(
+                            report,
+                            Event::new("error", Some(agent), Some(format!("requeue of unacked messages: {e}"))),
+                        );
+                    }
+                }
             }
         }
     }

@@ -501,6 +501,11 @@ impl Scan<'_> {
             }
             Err(e) => return Err(e),
         }
+        // The claim time, for visibility timeouts (`requeue_older_than`): a rename keeps
+        // the send time as mtime.
+        if let Err(e) = fsio::touch(&claimed) {
+            log::debug!("cannot stamp the claim time of {}: {e}", claimed.display());
+        }
         match read_message(&claimed, msg_id) {
             Ok(m) => self.out.push(m),
             Err(why) => quarantine(self.dir, self.agent, &claimed, &why),
@@ -892,6 +897,18 @@ fn not_in_flight(dir: &SessionDir, agent: &str, msg_id: &str, done: &Path) -> Re
 /// first renamed into `tmp/`, so an ack racing with the requeue either wins (the message
 /// is done) or fails cleanly (the message is back in the queue).
 pub fn requeue(dir: &SessionDir, agent: &str, max_deliveries: u32) -> Result<RequeueReport> {
+    requeue_older_than(dir, agent, max_deliveries, None)
+}
+
+/// Like [`requeue`], but with `older_than` only the messages claimed at least that long
+/// ago (a `cur/` file's mtime is its claim time): a visibility timeout, for receivers
+/// that died or dropped a message while their agent lives on.
+pub fn requeue_older_than(
+    dir: &SessionDir,
+    agent: &str,
+    max_deliveries: u32,
+    older_than: Option<Duration>,
+) -> Result<RequeueReport> {
     id::validate("agent", agent)?;
     if max_deliveries == 0 {
         return Err(Error::Usage("--max-deliveries must be at least 1".to_string()));
@@ -920,6 +937,13 @@ pub fn requeue(dir: &SessionDir, agent: &str, max_deliveries: u32) -> Result<Req
             report.bad += 1;
             continue;
         };
+        if let Some(age) = older_than {
+            let claimed = fs::symlink_metadata(&path).and_then(|m| m.modified());
+            let young = claimed.is_ok_and(|t| t.elapsed().is_ok_and(|e| e < age) || t > SystemTime::now());
+            if young {
+                continue;
+            }
+        }
         let handover = dir.requeue_handover(agent, msg_id);
         match fs::rename(&path, &handover) {
             Ok(()) => {}

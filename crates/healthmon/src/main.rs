@@ -41,6 +41,11 @@ struct Args {
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = cli::parse_secs)]
     sample_every: Duration,
 
+    /// Also requeue messages a live agent received but did not ack within SECS (a
+    /// visibility timeout; off by default)
+    #[arg(long, value_name = "SECS", value_parser = cli::parse_secs)]
+    visibility: Option<Duration>,
+
     /// Run one tick and exit: 0 if every agent is alive, 1 if any was declared dead or
     /// hung or a problem was met
     #[arg(long)]
@@ -112,6 +117,7 @@ fn watch(args: &Args, dir: coord_core::SessionDir) -> Result<u8> {
         max_deliveries: args.max_deliveries,
         lock_timeout: args.session.lock_timeout(),
         sample_every: (!args.sample_every.is_zero()).then_some(args.sample_every),
+        visibility: args.visibility,
     };
     let mut monitor = Monitor::new(dir, cfg);
     let mut printer = Printer::default();

@@ -96,6 +96,9 @@ enum Cmd {
         #[arg(long, value_name = "N", default_value_t = mailbox::DEFAULT_MAX_DELIVERIES,
               value_parser = clap::value_parser!(u32).range(1..))]
         max_deliveries: u32,
+        /// Only messages claimed at least this long ago (a visibility timeout), e.g. 300, 5m
+        #[arg(long, value_name = "SECS", value_parser = cli::parse_secs)]
+        older_than: Option<std::time::Duration>,
     },
     /// Send a message to every active agent except the sender; print the recipients
     Broadcast {
@@ -178,8 +181,8 @@ fn main() -> ExitCode {
                 output::print_lines(&reports)?;
                 Ok(exit::OK)
             }
-            Cmd::Requeue { agent, max_deliveries } => {
-                output::print(&mailbox::requeue(&dir, &agent, max_deliveries)?)?;
+            Cmd::Requeue { agent, max_deliveries, older_than } => {
+                output::print(&mailbox::requeue_older_than(&dir, &agent, max_deliveries, older_than)?)?;
                 Ok(exit::OK)
             }
             Cmd::Broadcast { from, msg_type, payload, priority, requires_ack } => {
