@@ -50,7 +50,8 @@ wait_bg() {
 # wait for them. `taskd work` releases its task and unregisters; healthmon stops.
 stop_bg() {
   local p
-  for p in "${coord_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+  # The group, or the process itself if it has not called setsid(2) yet.
+  for p in "${coord_pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
   for p in "${coord_pids[@]}"; do wait "$p" 2>/dev/null || true; done
   coord_pids=()
 }
