@@ -17,19 +17,14 @@ pub const POLL_FALLBACK: Duration = Duration::from_millis(50);
 /// Touches a bell: sets its mtime to now (creating it if missing). Errors are logged, not
 /// returned: a missed ring only delays fallback pollers, it never loses data.
 pub fn ring(path: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
-    // SAFETY: `c` is a valid NUL-terminated path; a null `times` means "now".
-    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::NotFound {
+    match crate::fsio::touch(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             if let Err(e) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
                 log::debug!("cannot create bell {}: {e}", path.display());
             }
-        } else {
-            log::debug!("cannot ring bell {}: {err}", path.display());
         }
+        Err(err) => log::debug!("cannot ring bell {}: {err}", path.display()),
     }
 }
 
