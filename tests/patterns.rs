@@ -41,7 +41,13 @@ fn run_script(env: &TestEnv, script: &str, args: &[&str], vars: &[(&str, &str)],
         Err(_) => {
             // SAFETY: signals our own process group.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            panic!("{script} took longer than {limit:?}");
+            // Show how far it got; processes it started in groups of their own may still
+            // hold the pipes open, so do not wait for them for long.
+            let seen = match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok(Ok(out)) => format!("stdout:\n{}\nstderr:\n{}", text(&out.stdout), text(&out.stderr)),
+                _ => "(its output is still held open by processes it started)".to_string(),
+            };
+            panic!("{script} took longer than {limit:?}\n{seen}");
         }
     };
     eprintln!("{script}: {:.1} s", start.elapsed().as_secs_f64());
