@@ -1295,13 +1295,17 @@ pub struct WaitOutcome {
 fn wait_check(dir: &SessionDir, ids: &[String]) -> Result<WaitOutcome> {
     let mut out = WaitOutcome::default();
     if ids.is_empty() {
+        // In the order tasks move (blocked, pending, claimed), so a task that moves on
+        // while we look is seen in its next place; pending once more at the end catches
+        // one requeued from claimed back to pending in between. (Pending counts as one:
+        // its scan stops at the first entry.)
+        let pending =
+            || -> Result<usize> { Ok(usize::from(index::PendingScan::open(dir, |_| true)?.peek()?.is_some())) };
         out.unfinished = index::list_names(&dir.tasks_status_dir("blocked"))?.len()
+            + pending()?
             + index::list_names(&dir.tasks_status_dir("claimed"))?.len();
         if out.unfinished == 0 {
-            let mut scan = index::PendingScan::open(dir, |_| true)?;
-            if scan.peek()?.is_some() {
-                out.unfinished = 1;
-            }
+            out.unfinished = pending()?;
         }
         out.completed = index::list_names(&dir.tasks_status_dir("done"))?.len();
         for s in [Status::Failed, Status::Cancelled] {
