@@ -248,7 +248,9 @@ impl SessionDir {
     // is a rename between them. Pending tasks are indexed by route, priority and
     // submission sequence so a claimer lists only one small bucket.
 
-    /// `tasks/ids/<task>.json`: the immutable locator written once at submit (reserves the id).
+    /// `tasks/ids/<task>.json`: the immutable locator written once at submit (reserves the
+    /// id). Its inode never changes, so it is also the `flock(2)` target that serializes
+    /// the task's transitions.
     pub fn task_id_file(&self, task: &str) -> PathBuf {
         self.root.join("tasks/ids").join(format!("{task}.json"))
     }
@@ -272,12 +274,6 @@ impl SessionDir {
     /// `tasks/dependents/<task>/`: one empty file per task that waits for `task`.
     pub fn task_dependents_dir(&self, task: &str) -> PathBuf {
         self.root.join("tasks/dependents").join(task)
-    }
-
-    /// `tasks/locks/<task>.lock`: serializes the transitions of one live task; removed
-    /// once the task is final.
-    pub fn task_lock_file(&self, task: &str) -> PathBuf {
-        self.root.join("tasks/locks").join(format!("{task}.lock"))
     }
 
     /// `tasks/garbage/`: files found in the task store that are not task records.

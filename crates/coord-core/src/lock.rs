@@ -68,7 +68,16 @@ pub fn default_timeout() -> Duration {
 /// Takes the exclusive lock on the file `path` (created if missing), waiting at most
 /// `timeout`. `name` is what the error calls the lock.
 pub fn acquire(name: &str, path: &Path, timeout: Duration) -> Result<LockGuard> {
-    let file = open_lock_file(path)?;
+    acquire_file(name, path, open_lock_file(path)?, timeout)
+}
+
+/// Like [`acquire`], but locks a file that must already exist (a record that doubles as
+/// its own lock); a missing file is an error for which [`crate::fsio::is_not_found`] holds.
+pub fn acquire_existing(name: &str, path: &Path, timeout: Duration) -> Result<LockGuard> {
+    acquire_file(name, path, open_existing(path)?, timeout)
+}
+
+fn acquire_file(name: &str, path: &Path, file: File, timeout: Duration) -> Result<LockGuard> {
     match file.try_lock() {
         Ok(()) => return Ok(LockGuard { file, path: path.to_path_buf() }),
         Err(TryLockError::WouldBlock) => {}
@@ -100,12 +109,25 @@ pub fn acquire(name: &str, path: &Path, timeout: Duration) -> Result<LockGuard> 
 
 /// Takes the lock only if it is free right now; `Ok(None)` if another process holds it.
 pub fn try_acquire(path: &Path) -> Result<Option<LockGuard>> {
-    let file = open_lock_file(path)?;
+    try_lock_file(path, open_lock_file(path)?)
+}
+
+/// Like [`try_acquire`] on a file that must already exist (see [`acquire_existing`]).
+pub fn try_acquire_existing(path: &Path) -> Result<Option<LockGuard>> {
+    try_lock_file(path, open_existing(path)?)
+}
+
+fn try_lock_file(path: &Path, file: File) -> Result<Option<LockGuard>> {
     match file.try_lock() {
         Ok(()) => Ok(Some(LockGuard { file, path: path.to_path_buf() })),
         Err(TryLockError::WouldBlock) => Ok(None),
         Err(TryLockError::Error(e)) => Err(lock_error(path, e)),
     }
+}
+
+fn open_existing(path: &Path) -> Result<File> {
+    // flock(2) needs no write access; the file is never written through this descriptor.
+    File::open(path).ctx("open lock file", path)
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {

@@ -1,15 +1,16 @@
 //! The task queue (`taskd`): per-task record files whose status changes are renames.
 //!
 //! ```text
-//! tasks/ids/<id>.json        immutable locator written once at submit; reserves the id
+//! tasks/ids/<id>.json        immutable locator written once at submit; reserves the id;
+//!                            its flock serializes the task's transitions
 //! tasks/pending/<route>/<priority-key>/<chunk>/<seq>.<id>.json   ready to claim (indexed)
 //! tasks/blocked/<id>.json    waiting for dependencies
 //! tasks/claimed/<id>.json    held by an agent under a lease
 //! tasks/done/<id>.json       completed        tasks/failed/<id>.json   failed for good
 //! tasks/cancelled/<id>.json  cancelled
 //! tasks/dependents/<id>/<child>  who waits for <id>
-//! tasks/locks/<id>.lock      flock serializing one live task's transitions
-//! tasks/finishing/<id>       a final status's follow-up is owed
+//! tasks/finishing/<id>       a final status's follow-up is owed (a hard link to the
+//!                            locator: marking allocates no inode)
 //! ```
 //!
 //! A transition takes the task's lock, renames the record into its new status directory
@@ -66,7 +67,6 @@ const STORE_DIRS: &[&str] = &[
     "tasks/failed",
     "tasks/cancelled",
     "tasks/dependents",
-    "tasks/locks",
 ];
 
 /// The immutable locator of a task, `tasks/ids/<id>.json`.
@@ -168,15 +168,22 @@ fn status_file(dir: &SessionDir, s: Status, id: &str) -> PathBuf {
     dir.task_file(s.dir_name(), id)
 }
 
+/// Takes the task's lock: the flock of its locator, which exists from submit on and is
+/// never replaced, so no lock file is created or removed per task.
 fn task_lock(dir: &SessionDir, id: &str, timeout: Duration) -> Result<LockGuard> {
-    lock::acquire(&format!("task {id}"), &dir.task_lock_file(id), timeout)
+    match lock::acquire_existing(&format!("task {id}"), &dir.task_id_file(id), timeout) {
+        Err(e) if fsio::is_not_found(&e) => Err(unknown_task(dir, id)),
+        other => other,
+    }
 }
 
-/// Removes a final task's lock file while holding it. Later lockers of the old inode
-/// find the task final and change nothing.
-fn retire_lock(dir: &SessionDir, id: &str, guard: LockGuard) {
-    let _ = std::fs::remove_file(dir.task_lock_file(id));
-    drop(guard);
+/// Takes the task's lock if it is free right now (see [`task_lock`]); `Ok(None)` when
+/// another process holds it or the task has no locator.
+fn try_task_lock(dir: &SessionDir, id: &str) -> Result<Option<LockGuard>> {
+    match lock::try_acquire_existing(&dir.task_id_file(id)) {
+        Err(e) if fsio::is_not_found(&e) => Ok(None),
+        other => other,
+    }
 }
 
 /// `tasks/finishing/<id>`: present from before a task's final record is published until
@@ -194,10 +201,19 @@ fn finishing_file(dir: &SessionDir, id: &str) -> PathBuf {
 /// record is gone.
 fn publish_final(dir: &SessionDir, t: &Task, from: &Path) -> Result<bool> {
     let mark = finishing_file(dir, &t.id);
-    if let Some(parent) = mark.parent() {
-        fsio::ensure_dir(parent)?;
+    let locator = dir.task_id_file(&t.id);
+    let linked = match std::fs::hard_link(&locator, &mark) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fsio::ensure_dir(&dir.tasks_status_dir("finishing"))?;
+            std::fs::hard_link(&locator, &mark)
+        }
+        other => other,
+    };
+    match linked {
+        // Left by an interrupted earlier attempt: the mark is already there.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        other => other.ctx("mark as finishing", &mark)?,
     }
-    std::fs::File::create(&mark).ctx("create", &mark)?;
     fsio::sync_parent(&mark)?;
     let Some(s) = t.state().filter(|s| s.is_final()) else {
         return Err(Error::Failed(format!("task {:?}: {:?} is not a final status", t.id, t.status)));
@@ -218,7 +234,7 @@ fn finish_final(
 ) -> Result<()> {
     after_final(dir, t, unassign, again, timeout)?;
     let _ = std::fs::remove_file(finishing_file(dir, &t.id));
-    retire_lock(dir, &t.id, guard);
+    drop(guard);
     Ok(())
 }
 
@@ -229,7 +245,6 @@ fn finish_one(dir: &SessionDir, id: &str, guard: LockGuard, timeout: Duration) -
     let mark = finishing_file(dir, id);
     if !mark.exists() {
         if dep_status(dir, id).is_some() {
-            retire_lock(dir, id, guard);
             return Ok(None);
         }
         return Ok(Some(guard));
@@ -280,7 +295,7 @@ fn finish_interrupted(dir: &SessionDir, timeout: Duration) {
             index::set_aside(&dir.tasks_garbage_dir(), &dir.tasks_status_dir("finishing").join(&name));
             continue;
         }
-        let r = lock::try_acquire(&dir.task_lock_file(&name)).and_then(|g| match g {
+        let r = try_task_lock(dir, &name).and_then(|g| match g {
             Some(g) => finish_one(dir, &name, g, timeout).map(drop),
             None => Ok(()),
         });
@@ -623,7 +638,7 @@ fn recheck_blocked(dir: &SessionDir, id: &str, timeout: Duration) -> Result<Opti
                 t.reason = Some(format!("dependency failed: task {d:?} is {}", s.name()));
                 // Its mark goes once cascade_failures, which every caller runs, is done.
                 publish_final(dir, &t, &path)?;
-                retire_lock(dir, id, guard);
+                drop(guard);
                 bell::ring(&dir.task_finished_bell());
                 return Ok(Some(Status::Failed));
             }
@@ -750,7 +765,7 @@ pub fn claim_wait(
 
 /// Takes one pending entry for `agent` if nobody else is: try-lock, rename, rewrite.
 fn take(dir: &SessionDir, e: &index::Entry, agent: &str, opts: &ClaimOptions) -> Result<Option<Task>> {
-    let Some(guard) = lock::try_acquire(&dir.task_lock_file(&e.id))? else { return Ok(None) };
+    let Some(guard) = try_task_lock(dir, &e.id)? else { return Ok(None) };
     let mut t: Task = match fsio::read_json(&e.path) {
         Ok(t) => t,
         Err(err) if fsio::is_not_found(&err) => return Ok(None),

@@ -43,7 +43,9 @@ fn the_life_of_a_task() {
     let holder = Holder { agent: None, token: c.claim_token.clone() };
     let done = complete(&dir, "x", &holder, json!(42), T).expect("complete");
     assert_eq!(done.results, Some(json!(42)));
-    assert!(!dir.task_lock_file("x").exists(), "a final task's lock is retired");
+    assert!(try_task_lock(&dir, "x").expect("lock").is_some(), "a final task's lock is free");
+    assert!(!finishing_file(&dir, "x").exists(), "the follow-up is done");
+    assert_eq!(std::fs::read_dir(dir.tasks_status_dir("finishing")).expect("ls").count(), 0);
     let err = complete(&dir, "x", &holder, json!(0), T).expect_err("twice");
     assert!(err.to_string().contains("claim lost"), "{err}");
     let p = count(&list_all(&dir).expect("list"));
@@ -171,7 +173,7 @@ fn an_interrupted_completion_is_finished_by_the_next_pass() {
         let p = show(&dir, "p").expect("p");
         assert_eq!((p.status.as_str(), p.results.clone()), ("completed", Some(json!({"answer": 42}))));
         assert_eq!(show(&dir, "c").expect("c").status, "pending", "the child is released (moved: {moved})");
-        assert!(!finishing_file(&dir, "p").exists() && !dir.task_lock_file("p").exists());
+        assert!(!finishing_file(&dir, "p").exists() && try_task_lock(&dir, "p").expect("lock").is_some());
         // Running the follow-up again does not append the results entry twice.
         std::fs::File::create(finishing_file(&dir, "p")).expect("mark again");
         wait(&dir, &["p".to_string()], Some(T)).expect("wait");
