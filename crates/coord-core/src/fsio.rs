@@ -164,8 +164,24 @@ pub fn is_not_found(err: &Error) -> bool {
 }
 
 /// Creates a directory (and parents) if it is missing.
+///
+/// Safe against a concurrent cleaner that removes empty directories (receivers and
+/// claimers do): a level removed while the levels below it are created, or removed
+/// between a `mkdir` that found it existing and the check that it is a directory, is
+/// simply created again.
 pub fn ensure_dir(path: &Path) -> Result<()> {
-    std::fs::create_dir_all(path).ctx("create directory", path)
+    const ATTEMPTS: usize = 64;
+    let mut last = None;
+    for _ in 0..ATTEMPTS {
+        match std::fs::create_dir_all(path) {
+            Ok(()) => return Ok(()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists) => {
+                last = Some(e);
+            }
+            Err(e) => return Err(Error::io("create directory", path, e)),
+        }
+    }
+    Err(Error::io("create directory", path, last.unwrap_or_else(|| std::io::Error::other("gave up"))))
 }
 
 /// Writes `bytes` to a new hidden temporary file (`.<random>.tmp`) in `tmp_dir` and
@@ -265,12 +281,8 @@ where
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(from).is_ok() => {
-                match std::fs::create_dir_all(parent(to)) {
-                    Ok(()) => {}
-                    // A cleaner removed a parent while we created the next level: try again.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io("create directory", parent(to), e)),
-                }
+                // The directory may vanish again before the next attempt; so we loop.
+                ensure_dir(parent(to))?;
             }
             Err(e) => return Err(Error::io(op, to, e)),
         }
@@ -285,6 +297,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ensure_dir_survives_a_concurrent_cleaner() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let root = tempfile::tempdir().expect("tempdir");
+        let (mid, leaf) = (root.path().join("a"), root.path().join("a/b"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let cleaner = {
+            let (stop, mid, leaf) = (stop.clone(), mid.clone(), leaf.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = std::fs::remove_dir(&leaf);
+                    let _ = std::fs::remove_dir(&mid);
+                }
+            })
+        };
+        let outcome = (0..20_000).try_for_each(|_| ensure_dir(&leaf));
+        stop.store(true, Ordering::Relaxed);
+        cleaner.join().expect("cleaner");
+        outcome.expect("ensure_dir while another thread removes empty directories");
+    }
 
     #[test]
     fn atomic_write_replaces_and_leaves_no_temp_files() {

@@ -350,7 +350,7 @@ impl SessionDir {
     //
     // The queue is sharded so a receiver lists only small directories: by priority, then
     // by the send time in milliseconds split into a 32-bit head (t0, ~4.6 h per value) and
-    // three 8-bit levels (t1 ~65 s, t2 256 ms, t3 1 ms).
+    // two 8-bit levels (t1 ~65 s, t2 256 ms) and one 4-bit level (t3 16 ms).
 
     /// `messages/<agent>/tmp/`: where message files are written before they are published.
     pub fn mailbox_tmp(&self, agent: &str) -> PathBuf {
@@ -485,16 +485,20 @@ pub mod queue_shard {
             format!("{:08x}", ms >> 24),
             format!("{:02x}", (ms >> 16) & 0xff),
             format!("{:02x}", (ms >> 8) & 0xff),
-            format!("{:02x}", ms & 0xff),
+            format!("{:x}", (ms >> 4) & 0xf),
         ]
     }
 
     /// Whether `name` is a valid directory name at `level` (0 = priority, 1..=4 = time).
+    /// The finest level, 16 ms, is one hex digit: a leaf holds every message sent in its
+    /// 16 ms, so single sends a few milliseconds apart share it instead of each creating a
+    /// directory, and a leaf stays small (a few hundred names at batch rates).
     pub fn is_valid(level: usize, name: &str) -> bool {
         let width = match level {
             0 => 16,
             1 => 8,
-            2..=4 => 2,
+            2 | 3 => 2,
+            4 => 1,
             _ => return false,
         };
         name.len() == width && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
@@ -509,12 +513,14 @@ pub mod queue_shard {
             assert!(priority(10) < priority(0) && priority(0) < priority(-10));
             assert!(priority(i64::MAX) < priority(i64::MIN));
             assert!(is_valid(0, &priority(i64::MIN)) && is_valid(0, &priority(i64::MAX)));
-            let (a, b) = (time(1_767_225_600_123), time(1_767_225_600_124));
+            let (a, b) = (time(1_767_225_600_123), time(1_767_225_600_139));
             assert!(a < b);
+            // Sends within the same 16 ms share a leaf.
+            assert_eq!(time(1_767_225_600_112), time(1_767_225_600_127));
             for (level, part) in a.iter().enumerate() {
                 assert!(is_valid(level + 1, part), "{part}");
             }
-            assert!(!is_valid(1, "zzzzzzzz") && !is_valid(2, "0") && !is_valid(5, "00"));
+            assert!(!is_valid(1, "zzzzzzzz") && !is_valid(2, "0") && !is_valid(4, "00") && !is_valid(5, "0"));
             // Milliseconds from 1970 to well past 2100 keep the head's fixed width.
             assert_eq!(time(u64::from(u32::MAX) << 24)[0].len(), 8);
         }

@@ -455,7 +455,7 @@ impl Scan<'_> {
                 Walked::Exhausted { drained: child_drained } => {
                     drained |= child_drained;
                     // Priority directories stay. The two finest time shards (256 ms and
-                    // 1 ms) go as soon as this walk empties them, coarser ones once they
+                    // 16 ms) go as soon as this walk empties them, coarser ones once they
                     // are long past, so a send creates at most two directories and a
                     // waiting receiver rarely wakes for a directory alone. A sender that
                     // finds its directory gone creates it again; rmdir of a non-empty
@@ -566,7 +566,7 @@ fn shard_range(level: usize, name: &str, parent_start: u64) -> (u64, u64) {
         1 => 24,
         2 => 16,
         3 => 8,
-        _ => 0,
+        _ => 4,
     };
     let start = parent_start.saturating_add(value << shift);
     (start, start.saturating_add(1 << shift))
