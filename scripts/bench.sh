@@ -25,7 +25,9 @@ fi
 command -v hyperfine >/dev/null 2>&1 || { echo "bench.sh: hyperfine is required (apt-get install hyperfine)" >&2; exit 2; }
 command -v jq >/dev/null 2>&1 || { echo "bench.sh: jq is required (apt-get install jq)" >&2; exit 2; }
 
-cargo build --release --workspace --locked -q
+. scripts/lib/release.sh
+COORD_BIN=${COORD_BIN:-$(coord_release_dir)}
+export COORD_BIN
 echo "# coord benchmarks — $(date -u +%Y-%m-%dT%H:%M:%SZ) — $(nproc) cores, $(uname -srm)"
 echo "command: scripts/bench.sh $*"
 for s in "${suites[@]}"; do

@@ -10,21 +10,19 @@
 # PREFIX/share/fish/vendor_completions.d/      <tool>.fish
 #
 # Pages and completions are generated from the tools' own argument definitions
-# (COORD_GENERATE=KIND:DIR, see docs/install.md). With COORD_BIN=DIR the tools already
-# built in DIR are copied instead of being built by cargo install.
+# (COORD_GENERATE=KIND:DIR, see docs/install.md). The tools are built by
+# scripts/lib/release.sh (static on Linux with glibc; COORD_STATIC=0 for dynamic); with
+# COORD_BIN=DIR the tools already built in DIR are copied instead.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/scripts/lib/release.sh"
 prefix=${1:-$HOME/.local}
 tools=(session-init registry state msgq taskd healthmon aggregate archive)
 
+bin=${COORD_BIN:-$(coord_release_dir)}
 mkdir -p "$prefix/bin"
 for t in "${tools[@]}"; do
-  if [ -n "${COORD_BIN:-}" ]; then
-    install -m 0755 "$COORD_BIN/$t" "$prefix/bin/$t"
-  else
-    # One target directory for all: the dependencies are built once.
-    cargo install --quiet --locked --force --path "$root/crates/$t" --root "$prefix" --target-dir "$root/target"
-  fi
+  install -m 0755 "$bin/$t" "$prefix/bin/$t"
 done
 
 man=$prefix/share/man/man1 bash_dir=$prefix/share/bash-completion/completions

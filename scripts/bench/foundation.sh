@@ -4,8 +4,8 @@
 # hand-written shell equivalent (flock + jq + mv); peak RSS of each command.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-B=$PWD/target/release
-[ -x "$B/state" ] || cargo build --release --workspace --locked -q
+. scripts/lib/release.sh
+B=${COORD_BIN:-$(coord_release_dir)}
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

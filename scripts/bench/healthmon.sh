@@ -3,8 +3,8 @@
 # and CPU per tick and peak RSS of the sidecar with 10, 100 and 1000 live agents.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-B=$PWD/target/release
-[ -x "$B/healthmon" ] || cargo build --release --workspace --locked -q
+. scripts/lib/release.sh
+B=${COORD_BIN:-$(coord_release_dir)}
 
 kills=50; sizes="10 100 1000"; watch=10
 if [ "${QUICK:-0}" = 1 ]; then kills=10; sizes="10 100"; watch=4; fi

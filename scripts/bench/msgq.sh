@@ -19,10 +19,9 @@ for tool in hyperfine jq; do
   command -v "$tool" >/dev/null || { echo "msgq.sh: $tool is required" >&2; exit 2; }
 done
 
-cargo build --release --workspace --quiet
-cargo build --release -p msgq --example msgq-bench --quiet
-BIN=$PWD/target/release
-BENCH=$BIN/examples/msgq-bench
+. scripts/lib/release.sh
+BIN=${COORD_BIN:-$(coord_release_dir)}
+BENCH=$(coord_release_dir -p msgq --example msgq-bench)/examples/msgq-bench
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/msgq-bench.XXXXXX")
 REDIS_PID=

@@ -13,8 +13,8 @@ for tool in jq python3 /usr/bin/time tar gzip; do
   command -v "$tool" >/dev/null 2>&1 || { echo "report.sh: needs $tool" >&2; exit 2; }
 done
 
-cargo build --release --locked -p session-init -p aggregate -p archive >&2
-BIN="$PWD/target/release"
+. scripts/lib/release.sh
+BIN=${COORD_BIN:-$(coord_release_dir)}
 WORK="${1:-$(mktemp -d /tmp/coord-bench-report.XXXXXX)}"
 export COORD_BASE="$WORK/base"
 AGENTS=10000

@@ -16,8 +16,8 @@ BIG=${BIG:-100000}
 PAIRS=${PAIRS:-100}
 PUEUE_JOBS=${PUEUE_JOBS:-200}
 
-cargo build --release --workspace --locked >&2
-BIN=$PWD/target/release
+. scripts/lib/release.sh
+BIN=${COORD_BIN:-$(coord_release_dir)}
 WORK=$(mktemp -d /tmp/taskd-bench.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 export COORD_BASE=$WORK/base

@@ -2,15 +2,16 @@
 # private base directory, and make sure nothing it started outlives it.
 #
 #   COORD_BIN=DIR   use the tools in DIR (e.g. target/debug) instead of building release
+#                   (see scripts/lib/release.sh; COORD_STATIC=0 for dynamic binaries)
 #   COORD_BASE=DIR  keep the sessions there instead of a fresh directory under /tmp
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 . "$root/scripts/lib/need.sh"
+. "$root/scripts/lib/release.sh"
 need_packages jq
 
 if [ -z "${COORD_BIN:-}" ]; then
-  (cd "$root" && cargo build --release --workspace --locked -q)
-  COORD_BIN=$root/target/release
+  COORD_BIN=$(coord_release_dir)
 fi
 export PATH="$COORD_BIN:$PATH"
 export LC_ALL=C # byte-wise tr, sort and sed: the same words on every machine

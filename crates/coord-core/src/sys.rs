@@ -49,23 +49,20 @@ pub fn user_name() -> String {
     passwd_name(euid()).unwrap_or_else(|| euid().to_string())
 }
 
+/// The name `/etc/passwd` gives `uid`. Read directly rather than through the C library's
+/// `getpwuid`, which in a statically linked binary would load NSS modules at run time.
 fn passwd_name(uid: u32) -> Option<String> {
-    let mut pwd: libc::passwd = unsafe_zeroed_passwd();
-    let mut buf = vec![0u8; 4096];
-    let mut out: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; buf outlives the use of pwd's strings.
-    let rc = unsafe { libc::getpwuid_r(uid, &mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut out) };
-    if rc != 0 || out.is_null() || pwd.pw_name.is_null() {
-        return None;
-    }
-    // SAFETY: getpwuid_r succeeded, so pw_name points to a NUL-terminated string in buf.
-    let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-    Some(name.to_string_lossy().into_owned())
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd_lookup(&text, uid)
 }
 
-fn unsafe_zeroed_passwd() -> libc::passwd {
-    // SAFETY: passwd is a plain C struct of integers and pointers; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
+fn passwd_lookup(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id = fields.nth(1)?.parse::<u32>().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_string())
+    })
 }
 
 /// This process's parent: the shell or agent that ran the tool.
@@ -120,6 +117,15 @@ mod tests {
         assert_eq!(parse_start_ticks(stat), Some(987654));
         assert_eq!(parse_start_ticks("garbage"), None);
         assert_eq!(parse_start_ticks("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn passwd_lookup_finds_the_uid_and_skips_bad_lines() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n# comment\nbroken\nzed:x:notanumber:1::/:/bin/sh\n\
+                      alice:x:1000:1000:Alice:/home/alice:/bin/sh\n";
+        assert_eq!(passwd_lookup(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(passwd_lookup(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(passwd_lookup(passwd, 4242), None);
     }
 
     #[test]
