@@ -244,6 +244,12 @@ pub fn rename_noclobber(from: &Path, to: &Path) -> Result<bool> {
     })
 }
 
+/// Swaps two existing names atomically (`renameat2(RENAME_EXCHANGE)`): fails, changing
+/// nothing, when either is gone or the filesystem cannot exchange (NFS, older kernels).
+pub fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
 /// Hard-links `from` at `to` unless `to` exists; `Ok(false)` if it does. Missing parent
 /// directories of `to` are created as in [`rename_noclobber`].
 pub fn link_noclobber(from: &Path, to: &Path) -> Result<bool> {

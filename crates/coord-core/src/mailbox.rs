@@ -501,17 +501,40 @@ impl Scan<'_> {
             }
             Err(e) => return Err(e),
         }
-        // The claim time, for visibility timeouts (`requeue_older_than`): a rename keeps
-        // the send time as mtime.
-        if let Err(e) = fsio::touch(&claimed) {
-            log::debug!("cannot stamp the claim time of {}: {e}", claimed.display());
-        }
         match read_message(&claimed, msg_id) {
-            Ok(m) => self.out.push(m),
+            Ok(m) => {
+                // The claim time, for visibility timeouts (`requeue_older_than`): a rename
+                // keeps the send time as mtime. An mtime belongs to the inode, so a
+                // broadcast copy still linked into other mailboxes gets its own first.
+                if m.to == BROADCAST_TO
+                    && let Err(e) = unshare(self.dir, self.agent, &claimed, &m)
+                {
+                    log::debug!("cannot give {} its own claim time: {e}", claimed.display());
+                }
+                if let Err(e) = fsio::touch(&claimed) {
+                    log::debug!("cannot stamp the claim time of {}: {e}", claimed.display());
+                }
+                self.out.push(m);
+            }
             Err(why) => quarantine(self.dir, self.agent, &claimed, &why),
         }
         Ok(true)
     }
+}
+
+/// Replaces the in-flight file `path` of message `m`, if it is linked elsewhere too (an
+/// unclaimed copy of a broadcast), with a file of its own: a copy written in `tmp/` is
+/// exchanged with it, which changes nothing if a requeue or ack has moved it meanwhile.
+fn unshare(dir: &SessionDir, agent: &str, path: &Path, m: &Message) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    if fs::symlink_metadata(path).ctx("inspect", path)?.nlink() < 2 {
+        return Ok(());
+    }
+    let copy = write_temp(dir, agent, m)?;
+    let swapped = fsio::exchange(&copy, path);
+    // After the exchange, the temporary name holds the shared link.
+    let _ = fs::remove_file(&copy);
+    swapped.ctx("exchange", path)
 }
 
 /// Whether two paths name the same inode.
@@ -1277,14 +1300,40 @@ mod tests {
         )
         .expect("broadcast");
         assert_eq!(r.recipients, ["b", "c"]);
+        use std::os::unix::fs::MetadataExt;
+        let queued = dir.queued_message("b", 0, r.id[4..20].parse::<u64>().expect("send time in the id") / 1000, &r.id);
+        let nlink = fs::metadata(&queued).expect("queued in b").nlink();
+        assert_eq!(nlink, 2, "one file, linked into both mailboxes");
         assert!(claim(&dir, "a", 1).expect("a").is_empty());
         for agent in ["b", "c"] {
             let got = claim(&dir, agent, 1).expect("claim");
             assert_eq!((got[0].id.as_str(), got[0].to.as_str()), (r.id.as_str(), BROADCAST_TO));
         }
-        use std::os::unix::fs::MetadataExt;
-        let nlink = fs::metadata(dir.in_flight_message("b", &r.id)).expect("meta").nlink();
-        assert_eq!(nlink, 2, "one file, linked into both mailboxes");
+        let nlink = fs::metadata(dir.in_flight_message("b", &r.id)).expect("in flight").nlink();
+        assert_eq!(nlink, 1, "a claimed copy is a file of its own (its mtime is its claim time)");
+    }
+
+    /// The claim time of one recipient's copy of a broadcast is its own: another
+    /// recipient claiming its copy later does not make it look younger.
+    #[test]
+    fn a_broadcast_copy_keeps_its_own_claim_time() {
+        let (_t, dir) = session();
+        register(&dir, &["a", "b", "c"]);
+        let news = Broadcast {
+            from: "a".to_string(),
+            msg_type: "news".to_string(),
+            payload: Value::Null,
+            priority: 0,
+            requires_ack: false,
+        };
+        let r = broadcast(&dir, news).expect("broadcast");
+        assert_eq!(claim(&dir, "b", 1).expect("b")[0].id, r.id);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(claim(&dir, "c", 1).expect("c")[0].id, r.id);
+        let old = requeue_older_than(&dir, "b", 5, Some(Duration::from_millis(200))).expect("requeue b");
+        assert_eq!(old.requeued, 1, "b received it 300 ms ago");
+        let young = requeue_older_than(&dir, "c", 5, Some(Duration::from_millis(200))).expect("requeue c");
+        assert_eq!(young.requeued, 0, "c received it just now");
     }
 
     #[test]

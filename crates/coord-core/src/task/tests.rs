@@ -113,6 +113,45 @@ fn submit_checks_the_whole_batch_first() {
     assert!(show(&dir, "e").is_err());
 }
 
+/// A batch already in dependency order keeps its line order: its `seq`s (and so the
+/// claim order among equal priorities) follow the lines, not a depth-first walk.
+#[test]
+fn a_batch_in_dependency_order_keeps_its_order() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    let batch = vec![task("p"), task("q"), NewTask { dependencies: vec!["p".into()], ..task("c") }, task("r")];
+    let seqs: Vec<(String, u64)> = submit(&dir, batch, T).expect("submit").into_iter().map(|t| (t.id, t.seq)).collect();
+    let want: Vec<(String, u64)> = [("p", 1), ("q", 2), ("c", 3), ("r", 4)].map(|(i, s)| (i.to_string(), s)).into();
+    assert_eq!(seqs, want);
+    // Out of order, a dependency still goes first, and the rest keep their order.
+    let batch = vec![NewTask { dependencies: vec!["y".into()], ..task("x") }, task("w"), task("y")];
+    let ids: Vec<String> = submit(&dir, batch, T).expect("submit").into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["w", "y", "x"]);
+    let p = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("p");
+    complete(&dir, &p.id, &Holder::default(), Value::Null, T).expect("complete p");
+    let order: Vec<String> = list(&dir, Status::Pending).expect("pending").into_iter().map(|t| t.id).collect();
+    assert_eq!(order, ["q", "c", "r", "w", "y"]);
+}
+
+/// `operation_progress` is round(completed / total * 100) with a half rounded up, also
+/// where the division is inexact in floating point.
+#[test]
+fn progress_rounds_a_half_up() {
+    let tasks = |done: u64, total: u64| -> Vec<Task> {
+        (0..total)
+            .map(|i| {
+                let status = if i < done { "completed" } else { "pending" };
+                let t = json!({"id": format!("t{i}"), "status": status, "created_at": "2026-01-01T00:00:00.000Z", "seq": i});
+                serde_json::from_value(t).expect("a task")
+            })
+            .collect()
+    };
+    for (done, total, percent) in [(23, 40, 58), (1, 8, 13), (1, 3, 33), (2, 3, 67), (0, 5, 0), (5, 5, 100)] {
+        assert_eq!(count(&tasks(done, total)).operation_progress, percent, "{done} of {total}");
+    }
+    assert_eq!(count(&[]).operation_progress, 0);
+}
+
 #[test]
 fn dependencies_release_in_order() {
     let (_t, dir) = session();
