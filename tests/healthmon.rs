@@ -324,3 +324,25 @@ fn a_visibility_timeout_requeues_messages_a_live_agent_never_acked() {
     assert_eq!((counts["queued"].as_u64(), counts["in_flight"].as_u64()), (Some(1), Some(0)), "{counts}");
     assert_eq!(agent(&env, "v1")["status"], "active");
 }
+
+#[test]
+fn a_worker_is_never_taken_for_hung_busy_or_idle() {
+    let env = TestEnv::with_session();
+    // Beats every lease/3 = 0.5 s; healthmon calls an agent hung after 1.2 s without one.
+    let (mut hm, _rx) = start_healthmon(&env, &["--stale-after", "1.2"]);
+    env.cmd("taskd").args(["submit", "--id", "slow"]).ok();
+    let out = env
+        .cmd("taskd")
+        .args(["work", "w", "--lease", "1.5", "--idle-exit", "4", "--", "sh", "-c", "sleep 2.5; echo '{}'"])
+        .run();
+    out.assert_code(0);
+    let lines = out.json_lines();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["status"], "completed");
+    kill9(&mut hm);
+    let judged: Vec<_> = events(&env).into_iter().filter(|e| e["agent"] == "w" && e["event"] != "agent_ok").collect();
+    assert!(
+        judged.iter().all(|e| e["event"] != "agent_hung" && e["event"] != "agent_dead"),
+        "a busy then idle worker was judged: {judged:?}"
+    );
+}

@@ -255,3 +255,11 @@ fn a_claim_that_cannot_be_requeued_does_not_stop_the_pass() {
     drop(busy);
     assert_eq!(requeue_expired(&dir, T).expect("requeue").tasks, vec!["x".to_string()]);
 }
+
+#[test]
+fn a_worker_beats_often_enough_for_healthmon_whatever_its_lease() {
+    use super::work::{MAX_BEAT_EVERY, beat_every};
+    assert_eq!(beat_every(DEFAULT_LEASE), MAX_BEAT_EVERY, "a 300 s lease still beats every 10 s");
+    assert_eq!(beat_every(Duration::from_millis(1500)), Duration::from_millis(500));
+    assert_eq!(beat_every(Duration::ZERO), Duration::from_millis(100));
+}

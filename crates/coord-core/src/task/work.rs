@@ -59,6 +59,22 @@ pub struct Outcome {
     pub exit_code: u8,
 }
 
+/// The longest gap between a worker's heartbeats: a third of healthmon's default
+/// `--stale-after` (30 s), so a worker is never taken for hung, busy or idle.
+pub const MAX_BEAT_EVERY: Duration = Duration::from_secs(10);
+
+/// How often a worker with this lease heartbeats: every lease/3 (the renewal), at most
+/// every [`MAX_BEAT_EVERY`], at least every 100 ms.
+pub fn beat_every(lease: Duration) -> Duration {
+    (lease / 3).min(MAX_BEAT_EVERY).max(Duration::from_millis(100))
+}
+
+fn beat(dir: &SessionDir, agent: &str) {
+    if let Err(e) = registry::heartbeat(dir, agent) {
+        log::warn!("heartbeat failed: {e}");
+    }
+}
+
 /// Runs the loop; `report` is called after each task. Returns how many tasks ran.
 ///
 /// One thread does everything: the command's pipes, its exit (a pidfd) and the lease
@@ -91,6 +107,8 @@ pub fn work(
                 Err(e) => return Err(e),
             };
             let outcome = run_one(dir, opts, &program, &t, &signals, timeout)?;
+            // A finished task is a sign of life, even one shorter than the beat interval.
+            beat(dir, &opts.agent);
             if outcome.status != "lost" {
                 finished.push(t.id.clone());
             }
@@ -118,6 +136,8 @@ fn next_task(
     timeout: Duration,
 ) -> Result<Option<Task>> {
     let deadline = opts.idle_exit.map(|w| Instant::now() + w);
+    let every = beat_every(opts.lease);
+    let mut next_beat = Instant::now() + every;
     loop {
         if let Some(t) = super::claim_unassigning(dir, &opts.agent, claim_opts, finished, timeout)? {
             finished.clear();
@@ -132,9 +152,15 @@ fn next_task(
             continue;
         }
         let b = bell.as_mut().expect("set above");
-        match b.wait(deadline) {
+        // Waiting is being alive too: wake to heartbeat, so healthmon does not take an
+        // idle worker for hung.
+        match b.wait(Some(deadline.map_or(next_beat, |d| d.min(next_beat)))) {
             Wake::Changed => {}
             Wake::Signalled => return Ok(None),
+            Wake::TimedOut if deadline.is_none_or(|d| Instant::now() < d) => {
+                beat(dir, &opts.agent);
+                next_beat = Instant::now() + every;
+            }
             Wake::TimedOut => {
                 return Err(Error::Empty(format!(
                     "nothing to claim for agent {:?} within {:.1}s",
@@ -329,7 +355,7 @@ fn supervise(
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) } as i32;
     // SAFETY: `raw` is a descriptor we just opened and own.
     let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
-    let beat_every = (opts.lease / 3).max(Duration::from_millis(100));
+    let beat_every = beat_every(opts.lease);
     let mut next_beat = Instant::now() + beat_every;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut written = 0usize;
@@ -355,9 +381,7 @@ fn supervise(
         }
         let now = Instant::now();
         if now >= next_beat {
-            if let Err(e) = registry::heartbeat(dir, &opts.agent) {
-                log::warn!("lease renewal (heartbeat) failed: {e}");
-            }
+            beat(dir, &opts.agent);
             next_beat = now + beat_every;
         }
         let mut fds = Vec::with_capacity(5);
