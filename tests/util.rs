@@ -27,11 +27,23 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     let built = mtime(&path);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for src in [root.join("crates/coord-core/src"), root.join("crates").join(name).join("src")] {
-        if let Some(newest) = newest_mtime(&src) {
+    // Cargo's dep-info file lists exactly the sources the binary was built from (test-only
+    // modules are not among them); without it, every source of the tool and the library.
+    let sources = match std::fs::read_to_string(bin_dir().join(format!("{name}.d"))) {
+        Ok(dep_info) => dep_info_sources(&dep_info),
+        Err(_) => {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let mut files = Vec::new();
+            for dir in [root.join("crates/coord-core/src"), root.join("crates").join(name).join("src")] {
+                files_under(&dir, &mut files);
+            }
+            files
+        }
+    };
+    for src in sources {
+        if let Ok(m) = std::fs::metadata(&src) {
             assert!(
-                newest <= built,
+                m.modified().expect("mtime") <= built,
                 "{} is older than {}: rebuild with `cargo build --workspace` (scripts/test.sh does)",
                 path.display(),
                 src.display()
@@ -41,18 +53,45 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-fn mtime(p: &Path) -> SystemTime {
-    std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime")
+/// The prerequisites of the first rule of a Makefile-style dep-info file (`\ ` escapes a
+/// space in a path).
+fn dep_info_sources(dep_info: &str) -> Vec<PathBuf> {
+    let Some(first) = dep_info.lines().next() else { return Vec::new() };
+    let Some((_, deps)) = first.split_once(": ") else { return Vec::new() };
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = deps.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => cur.extend(chars.next()),
+            ' ' => {
+                if !cur.is_empty() {
+                    out.push(PathBuf::from(std::mem::take(&mut cur)));
+                }
+            }
+            _ => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        out.push(PathBuf::from(cur));
+    }
+    out
 }
 
-fn newest_mtime(dir: &Path) -> Option<SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()? {
-        let path = entry.ok()?.path();
-        let t = if path.is_dir() { newest_mtime(&path) } else { Some(mtime(&path)) };
-        newest = newest.max(t);
+fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_under(&path, out);
+        } else {
+            out.push(path);
+        }
     }
-    newest
+}
+
+fn mtime(p: &Path) -> SystemTime {
+    std::fs::metadata(p).and_then(|m| m.modified()).expect("mtime")
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
