@@ -565,7 +565,8 @@ fn claim_wait_wakes_on_submit_and_times_out_with_exit_3() {
     let env = TestEnv::with_session();
     register(&env, "a", "worker", &[]);
     let t0 = Instant::now();
-    env.cmd("taskd").args(["claim", "a", "--wait", "--timeout", "0.2"]).code(3);
+    let empty = env.cmd("taskd").args(["claim", "a", "--wait", "--timeout", "0.2"]).code(3);
+    assert!(empty.stderr_str().starts_with("taskd: nothing to claim"), "{}", empty.stderr_str());
     assert!(t0.elapsed() >= Duration::from_millis(200));
     let child = env.cmd("taskd").args(["claim", "a", "--wait", "--timeout", "20"]).spawn();
     std::thread::sleep(Duration::from_millis(150));

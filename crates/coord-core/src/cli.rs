@@ -62,8 +62,10 @@ pub fn init_logging(tool: &'static str) {
 
 /// Runs a tool's body and turns its outcome into the documented exit code.
 ///
-/// Errors print as `<tool>: error: <message>` on stderr. A closed stdout (the reader
-/// of a pipe went away) ends the tool quietly with success, as `head` users expect.
+/// Errors print as `<tool>: error: <message>` on stderr. "Nothing there" (exit 3: an
+/// empty mailbox or queue, a wait that timed out) is an answer, not an error, and prints
+/// as `<tool>: <message>`. A closed stdout (the reader of a pipe went away) ends the tool
+/// quietly with success, as `head` users expect.
 pub fn run<F>(tool: &'static str, body: F) -> ExitCode
 where
     F: FnOnce() -> Result<u8>,
@@ -72,6 +74,11 @@ where
     match body() {
         Ok(code) => ExitCode::from(code),
         Err(e) if output::is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e @ crate::Error::Empty(_)) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{tool}: {e}");
+            ExitCode::from(e.exit_code())
+        }
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(e.exit_code())
