@@ -432,3 +432,83 @@ fn killing_state_lock_kills_its_command_so_it_never_runs_unlocked() {
     assert!(gone, "the command under the lock must not outlive `state lock`");
     env.cmd("state").args(["--lock-timeout", "1", "lock", "deploy", "--", "true"]).ok();
 }
+
+/// Every regular file under `dir` with its content.
+fn file_contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            let m = std::fs::symlink_metadata(&p).expect("meta");
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() {
+                out.push((p.display().to_string(), std::fs::read(&p).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn on_a_full_disk_every_write_fails_with_one_clear_error_and_changes_nothing() {
+    let mut env = TestEnv::new();
+    std::fs::create_dir(&env.base).expect("mkdir base");
+    let mounted = crate::util::is_root()
+        && std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs"])
+            .arg(&env.base)
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: mounting a tmpfs is not permitted here");
+        return;
+    }
+    let _guard = Unmount(env.base.clone());
+    env.session = Some(env.cmd("session-init").arg("full").ok().stdout_str().trim().to_string());
+    let me = std::process::id().to_string();
+    env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &me]).ok();
+    let writes: [(&str, &[&str]); 4] = [
+        ("state", &["set", "global", "/x", "1"]),
+        ("registry", &["update", "w1", "--status", "busy"]),
+        ("taskd", &["submit", "--payload", "1"]),
+        ("msgq", &["send", "--from", "w1", "--to", "w1", "--type", "t"]),
+    ];
+    // Each once with room, so that every lock file and directory they need exists.
+    for (tool, args) in writes {
+        env.cmd(tool).args(args).ok();
+    }
+    let filler = env.base.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    let before = file_contents(&env.dir());
+    for (tool, args) in writes {
+        let out = env.cmd(tool).args(args).code(1);
+        out.stderr_has(&["No space left on device"]);
+        let err = out.stderr_str();
+        assert!(!err.contains("panicked") && !err.contains("at path"), "one clear error: {err}");
+    }
+    let err = env.cmd("state").args(["set", "global", "/x", "2"]).code(1).stderr_str();
+    assert!(err.contains("global.json"), "names the file it could not write: {err}");
+    assert_eq!(file_contents(&env.dir()), before, "nothing changed, no temporary file left");
+    std::fs::remove_file(&filler).expect("remove filler");
+    for (tool, args) in writes {
+        env.cmd(tool).args(args).ok();
+    }
+    assert_eq!(env.cmd("state").args(["get", "global", "/x"]).ok().json(), json!(1));
+    assert_all_json_parse(&env.dir());
+}

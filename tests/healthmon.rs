@@ -89,6 +89,72 @@ fn pid_reuse_is_not_taken_for_the_agent() {
     assert_eq!(events(&env).iter().filter(|e| e["event"] == "agent_dead").count(), 1);
 }
 
+/// Rewrites agent `id`'s registration as if its process had been another one that took
+/// the same pid within the same clock tick: same pid and start time, another pidfs
+/// inode. `None` where the kernel's pidfds are not in pidfs (none was recorded).
+pub fn pretend_same_tick_reuse(env: &TestEnv, id: &str) -> Option<()> {
+    let path = env.dir().join("registry/agents.json");
+    let mut agents: Value = env.json("registry/agents.json");
+    let a = agents.as_array_mut()?.iter_mut().find(|a| a["id"] == id)?;
+    let inode = a["process_inode"].as_u64()?;
+    a["process_inode"] = json!(inode + 1);
+    std::fs::write(&path, serde_json::to_vec_pretty(&agents).expect("ser")).expect("write");
+    Some(())
+}
+
+#[test]
+fn a_pid_reused_within_the_agents_clock_tick_is_not_taken_for_the_agent() {
+    let env = TestEnv::with_session();
+    let agent_proc = Sleeper::start();
+    env.cmd("registry").args(["register", "a1", "--type", "worker", "--pid", &agent_proc.pid()]).ok();
+    env.cmd("taskd").args(["submit", "--id", "t1"]).ok();
+    env.cmd("taskd").args(["claim", "a1"]).ok();
+    env.cmd("healthmon").arg("--once").ok();
+    assert_eq!(agent(&env, "a1")["status"], "active");
+    if pretend_same_tick_reuse(&env, "a1").is_none() {
+        eprintln!("skipped: no pidfs inode recorded (Linux < 6.9)");
+        return;
+    }
+    let out = env.cmd("healthmon").arg("--once").code(1);
+    let ev = out.json_lines();
+    let dead = ev.iter().find(|e| e["event"] == "agent_dead").expect("agent_dead event");
+    assert!(dead["reason"].as_str().expect("reason").contains("another process"), "{dead}");
+    assert_eq!(dead["requeued_tasks"], 1, "{dead}");
+    assert_eq!(agent(&env, "a1")["status"], "failed");
+    assert_eq!(env.cmd("taskd").args(["show", "t1"]).ok().json()["status"], "pending");
+}
+
+/// SIGKILLs `child` without reaping it, and waits until it is a zombie.
+pub fn kill_leaving_a_zombie(child: &Child) {
+    // SAFETY: kill with the pid of our own unreaped child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGKILL);
+    }
+    let stat = format!("/proc/{}/stat", child.id());
+    let zombie = || {
+        std::fs::read_to_string(&stat)
+            .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+    };
+    assert!(wait_until(Duration::from_secs(5), zombie), "the killed child is a zombie until reaped");
+}
+
+#[test]
+fn a_killed_agent_not_yet_reaped_by_its_parent_is_dead() {
+    let env = TestEnv::with_session();
+    let mut agent_proc = Command::new("sleep").arg("600").spawn().expect("sleep");
+    env.cmd("registry").args(["register", "z1", "--type", "worker", "--pid", &agent_proc.id().to_string()]).ok();
+    env.cmd("taskd").args(["submit", "--id", "t1"]).ok();
+    env.cmd("taskd").args(["claim", "z1"]).ok();
+    kill_leaving_a_zombie(&agent_proc);
+    let out = env.cmd("healthmon").arg("--once").code(1);
+    let ev = out.json_lines();
+    let dead = ev.iter().find(|e| e["event"] == "agent_dead").expect("agent_dead event");
+    assert!(dead["reason"].as_str().expect("reason").contains("is gone"), "{dead}");
+    assert_eq!(dead["requeued_tasks"], 1, "{dead}");
+    assert_eq!(env.cmd("taskd").args(["show", "t1"]).ok().json()["status"], "pending");
+    agent_proc.wait().expect("reap");
+}
+
 #[test]
 fn a_hung_agent_is_failed_after_stale_after() {
     let env = TestEnv::with_session();

@@ -561,6 +561,41 @@ fn a_worker_restarted_under_the_id_of_a_dead_one_registers_itself() {
 }
 
 #[test]
+fn a_worker_is_not_refused_by_a_killed_worker_its_parent_has_not_reaped_yet() {
+    let env = TestEnv::with_session();
+    let mut old = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
+    env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &old.id().to_string()]).ok();
+    submit(&env, &["--id", "t0"]);
+    claim(&env, "w1").expect("the old w1 claims t0");
+    crate::healthmon::kill_leaving_a_zombie(&old);
+    let line = env.cmd("taskd").args(["work", "w1", "--max-tasks", "1", "--", "true"]).ok().json();
+    assert_eq!((&line["id"], &line["status"]), (&json!("t0"), &json!("completed")), "{line}");
+    assert_eq!(status(&env, "t0")["attempts"], 2, "the zombie's claim was requeued");
+    old.wait().expect("reap");
+}
+
+#[test]
+fn a_worker_is_not_refused_by_a_dead_registration_whose_pid_was_reused_in_its_clock_tick() {
+    let env = TestEnv::with_session();
+    let mut squatter = std::process::Command::new("sleep").arg("60").spawn().expect("spawn");
+    env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &squatter.id().to_string()]).ok();
+    submit(&env, &["--id", "t0"]);
+    claim(&env, "w1").expect("the old w1 claims t0");
+    // The registered process died and `squatter` took its pid in the same clock tick.
+    if crate::healthmon::pretend_same_tick_reuse(&env, "w1").is_none() {
+        eprintln!("skipped: no pidfs inode recorded (Linux < 6.9)");
+        squatter.kill().expect("kill");
+        squatter.wait().expect("reap");
+        return;
+    }
+    let line = env.cmd("taskd").args(["work", "w1", "--max-tasks", "1", "--", "true"]).ok().json();
+    assert_eq!((&line["id"], &line["status"]), (&json!("t0"), &json!("completed")), "{line}");
+    assert_eq!(status(&env, "t0")["attempts"], 2, "the dead registration's claim was requeued");
+    squatter.kill().expect("kill");
+    squatter.wait().expect("reap");
+}
+
+#[test]
 fn claim_wait_wakes_on_submit_and_times_out_with_exit_3() {
     let env = TestEnv::with_session();
     register(&env, "a", "worker", &[]);

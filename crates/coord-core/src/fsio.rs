@@ -84,13 +84,16 @@ pub fn write_json_streamed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Res
     let dir = parent(path);
     let tmp =
         tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
-    let mut out = std::io::BufWriter::new(tmp);
+    // Written through the plain file: the temporary file's own writer would add its
+    // random name to every error, which names the target already.
+    let mut out = std::io::BufWriter::new(tmp.as_file());
     serde_json::to_writer(&mut out, value).map_err(|e| {
         let source = e.io_error_kind().map_or_else(|| std::io::Error::other(e.to_string()), std::io::Error::from);
         Error::io("write", path, source)
     })?;
     out.write_all(b"\n").ctx("write", path)?;
-    let tmp = out.into_inner().map_err(|e| Error::io("write", path, e.into_error()))?;
+    out.flush().ctx("write", path)?;
+    drop(out);
     if env::fsync_requested() {
         tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
     }
@@ -108,11 +111,13 @@ pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 
 fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let dir = parent(path);
-    let mut tmp =
+    let tmp =
         tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
-    tmp.write_all(bytes).ctx("write", tmp.path())?;
+    // Errors name the file being replaced (a full disk: "write .../agents.json: No space
+    // left on device"), not the temporary file, which is removed when `tmp` drops.
+    tmp.as_file().write_all(bytes).ctx("write", path)?;
     if env::fsync_requested() {
-        tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+        tmp.as_file().sync_all().ctx("fsync", path)?;
     }
     Ok(tmp)
 }

@@ -111,6 +111,14 @@ pub fn judge(
         }
         _ => {}
     }
+    if let Some(recorded) = agent.process_inode()
+        && let Some(now) = sys::process_inode(pid)
+        && now != recorded
+    {
+        return Liveness::Dead(format!(
+            "pid {pid} now belongs to another process (started in the agent's clock tick, but pidfs inode {now}, the agent's {recorded})"
+        ));
+    }
     match age {
         Some(a) if beats && stale(a) => Liveness::Hung(format!(
             "process {pid} runs but sent no heartbeat for {:.1}s (stale after {:.1}s)",
@@ -197,6 +205,7 @@ pub fn mark_failed(dir: &SessionDir, judged: &Agent, reason: &str, timeout: Dura
         let same = a.registered_at == judged.registered_at
             && a.pid == judged.pid
             && a.process_start == judged.process_start
+            && a.process_inode() == judged.process_inode()
             && a.host == judged.host;
         if same && is_live_status(&a.status) {
             a.status = status::FAILED.to_string();

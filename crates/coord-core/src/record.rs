@@ -117,6 +117,19 @@ pub struct Agent {
     pub extra: Map<String, Value>,
 }
 
+impl Agent {
+    /// The field holding the pidfs inode of the registered process, kept with the
+    /// fields this version does not model (see [`crate::sys::process_inode`]).
+    pub const PROCESS_INODE: &'static str = "process_inode";
+
+    /// The pidfs inode of the registered process, if recorded: with `pid` and
+    /// `process_start`, it tells the process apart from one that took its pid within the
+    /// same clock tick.
+    pub fn process_inode(&self) -> Option<u64> {
+        self.extra.get(Self::PROCESS_INODE).and_then(Value::as_u64)
+    }
+}
+
 /// The seed's initial `state/global.json`.
 pub fn initial_global() -> Value {
     serde_json::json!({"operation_progress": 0, "phase": "discovery", "errors": [], "warnings": []})

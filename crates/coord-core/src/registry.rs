@@ -123,7 +123,9 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
         terminated_at: None,
         failed_at: None,
         reason: None,
-        extra: Map::new(),
+        extra: sys::process_inode(req.pid)
+            .map(|ino| Map::from_iter([(Agent::PROCESS_INODE.to_string(), Value::from(ino))]))
+            .unwrap_or_default(),
     };
     {
         let _guard = dir.tool_lock(ToolLock::Registry, timeout)?;

@@ -1,8 +1,11 @@
 //! What the toolkit needs to know about this machine and its processes.
 //!
-//! Process identity is `(host, pid, start time)`: the start time comes from
+//! Process identity is `(host, pid, start time, pidfs inode)`: the start time comes from
 //! `/proc/<pid>/stat` (field 22, clock ticks since boot), so a pid that the kernel has
-//! handed to a new process is never mistaken for the old one.
+//! handed to a new process is never mistaken for the old one. A tick is 10 ms, and a pid
+//! can be handed on within one (a small PID namespace, `ns_last_pid`); where pidfds live
+//! in pidfs (Linux 6.9 and later) the inode of the process's pidfd, never reused within a
+//! boot, tells those apart too.
 
 use std::path::Path;
 
@@ -70,18 +73,53 @@ pub fn parent_pid() -> u32 {
     std::os::unix::process::parent_id()
 }
 
-/// Start time of `pid` in clock ticks since boot, or `None` if no such process is visible.
+/// Start time of `pid` in clock ticks since boot, or `None` if no such process is
+/// running here: none is visible, or it is a zombie — it has exited and only waits to be
+/// reaped, which a parent that was killed too, or that never waits, may take long to do.
+/// (A zombie thread-group leader whose other threads still run is a running process.)
 pub fn process_start(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_ticks(&stat)
+    let (state, start) = parse_stat(&stat)?;
+    if matches!(state, "Z" | "X") && !has_other_threads(pid) {
+        return None;
+    }
+    Some(start)
 }
 
-/// Field 22 of `/proc/<pid>/stat`. The command name (field 2) may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
-fn parse_start_ticks(stat: &str) -> Option<u64> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ')' come field 3 (state) onwards; starttime is field 22, i.e. index 19 here.
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+/// Whether the process `pid` has a thread besides its first one.
+fn has_other_threads(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1)
+}
+
+/// Fields 3 (state) and 22 (start time) of `/proc/<pid>/stat`. The command name (field
+/// 2) may hold spaces and parentheses, so fields are counted from the last `)`.
+fn parse_stat(stat: &str) -> Option<(&str, u64)> {
+    let mut fields = stat[stat.rfind(')')? + 1..].split_ascii_whitespace();
+    let state = fields.next()?;
+    // starttime is field 22: 19 fields after the state.
+    Some((state, fields.nth(18)?.parse().ok()?))
+}
+
+/// The inode number of `pid`'s pidfd where pidfds live in pidfs (Linux 6.9 and later):
+/// one number per process, never reused within a boot. `None` if no such process is
+/// visible or the kernel's pidfds are not in pidfs (their inodes would all be one).
+pub fn process_inode(pid: u32) -> Option<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    const PID_FS_MAGIC: u64 = 0x5049_4446;
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let raw = i32::try_from(raw).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: `raw` is a descriptor we just opened and own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: an all-zero statfs is a valid value for fstatfs to overwrite.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `fs` is a valid, writable statfs.
+    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 || u64::try_from(fs.f_type).ok() != Some(PID_FS_MAGIC) {
+        return None;
+    }
+    std::fs::File::from(fd).metadata().ok().map(|m| m.ino())
 }
 
 /// The kernel's boot id: start times are only comparable within one boot.
@@ -90,15 +128,21 @@ pub fn boot_id() -> Option<String> {
     Some(id.trim().to_string())
 }
 
-/// Whether the process `(pid, start)` is still running on this host.
+/// Whether the process `(pid, start, inode)` is still running on this host.
 ///
-/// A pid that exists but started at another time belongs to a different process.
-pub fn process_alive(pid: u32, start: Option<u64>) -> bool {
+/// A pid that exists but started at another time, or whose pidfs inode differs from the
+/// recorded one, belongs to a different process.
+pub fn process_alive(pid: u32, start: Option<u64>, inode: Option<u64>) -> bool {
     match (process_start(pid), start) {
-        (Some(now), Some(recorded)) => now == recorded,
-        (Some(_), None) => true,
+        (Some(now), Some(recorded)) if now != recorded => false,
+        (Some(_), _) => !other_inode(pid, inode),
         (None, _) => false,
     }
+}
+
+/// Whether `pid` is now a process whose pidfs inode is known and differs from `recorded`.
+pub fn other_inode(pid: u32, recorded: Option<u64>) -> bool {
+    recorded.is_some_and(|r| process_inode(pid).is_some_and(|now| now != r))
 }
 
 /// The owner uid of a path, without following a final symlink.
@@ -114,9 +158,27 @@ mod tests {
     #[test]
     fn start_ticks_skip_tricky_command_names() {
         let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_ticks(stat), Some(987654));
-        assert_eq!(parse_start_ticks("garbage"), None);
-        assert_eq!(parse_start_ticks("1 (x) S 1"), None);
+        assert_eq!(parse_stat(stat), Some(("S", 987654)));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn a_killed_child_not_yet_reaped_is_not_running() {
+        let mut child = std::process::Command::new("sleep").arg("60").spawn().expect("spawn sleep");
+        let pid = child.id();
+        let start = process_start(pid).expect("running");
+        child.kill().expect("kill");
+        // Not reaped yet: a zombie, which /proc still lists with its start time.
+        let zombie = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| parse_stat(&s).is_some_and(|f| f.0 == "Z"))
+        });
+        assert!(zombie, "the killed child became a zombie");
+        assert_eq!(process_start(pid), None);
+        assert!(!process_alive(pid, Some(start), None));
+        child.wait().expect("reap");
     }
 
     #[test]
@@ -132,7 +194,21 @@ mod tests {
     fn this_process_is_alive_and_a_wrong_start_is_not() {
         let me = std::process::id();
         let start = process_start(me).expect("own /proc entry");
-        assert!(process_alive(me, Some(start)));
-        assert!(!process_alive(me, Some(start + 1)));
+        assert!(process_alive(me, Some(start), None));
+        assert!(!process_alive(me, Some(start + 1), None));
+    }
+
+    #[test]
+    fn a_pid_whose_inode_differs_is_another_process() {
+        let me = std::process::id();
+        let start = process_start(me);
+        let Some(inode) = process_inode(me) else { return }; // pidfds not in pidfs (Linux < 6.9)
+        assert_eq!(process_inode(me), Some(inode), "one process, one inode");
+        assert!(process_alive(me, start, Some(inode)));
+        assert!(!process_alive(me, start, Some(inode + 1)), "same pid and start tick, another process");
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let other = process_inode(child.id());
+        child.wait().expect("wait");
+        assert!(other.is_some_and(|o| o != inode), "another process, another inode");
     }
 }

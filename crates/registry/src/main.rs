@@ -118,6 +118,7 @@ fn parse_field(s: &str) -> Result<(String, Value), String> {
         "pid",
         "host",
         "process_start",
+        "process_inode",
         "boot_id",
         "terminated_at",
         "failed_at",

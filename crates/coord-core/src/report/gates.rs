@@ -246,14 +246,14 @@ fn tasks_view_matches(dir: &SessionDir, c: &Collected) -> Result<(), String> {
 }
 
 /// Whether an agent can still ack what it received: registered active and, on this host,
-/// its process (pid and start time) still running.
+/// its process (pid, start time and pidfs inode) still running.
 fn alive(a: &Agent) -> bool {
     if a.status != status::ACTIVE {
         return false;
     }
     match a.pid {
         Some(pid) if a.host.is_empty() || a.host == crate::sys::host() => {
-            crate::sys::process_alive(pid, a.process_start)
+            crate::sys::process_alive(pid, a.process_start, a.process_inode())
         }
         _ => true,
     }
