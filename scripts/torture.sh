@@ -206,7 +206,7 @@ unparsable_json() {
 }
 
 # check_store LABEL: every JSON file and every JSON Lines line of the session parses,
-# and no lock (tool, user or task lock) is held.
+# and no lock (tool or user lock, or a task's lock: the flock of its locator) is held.
 check_store() {
   local label=$1 dir bad lines=0 held=0 f
   dir=$(session_dir)
@@ -215,7 +215,7 @@ check_store() {
     lines=$((lines + $(jq -nR '[inputs | try (fromjson | 0) catch 1] | add // 0' "$f")))
   done < <(find "$dir" -name '*.jsonl' -print0)
   while IFS= read -r -d '' f; do flock -n "$f" true || held=$((held + 1)); done \
-    < <(find "$dir/locks" "$dir/tasks/locks" -name '*.lock' -print0 2>/dev/null)
+    < <(find "$dir/locks" -name '*.lock' -print0 2>/dev/null; find "$dir/tasks/ids" -name '*.json' -print0 2>/dev/null)
   check "$label: unparsable JSON files" "$(if_ok [ "$bad" = 0 ])" "$bad"
   check "$label: unparsable JSON Lines lines" "$(if_ok [ "$lines" = 0 ])" "$lines"
   check "$label: locks still held" "$(if_ok [ "$held" = 0 ])" "$held"
