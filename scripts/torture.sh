@@ -50,7 +50,7 @@ TASKS=${TASKS:-$(sized 300 2000)}
 STOPS=${STOPS:-$(sized 5 20)}
 DISK_TASKS=${DISK_TASKS:-$(sized 200 500)}
 DISK_FULL=${DISK_FULL:-$(sized 5 15)}
-DISK_SIZE=${DISK_SIZE:-$(sized 16m 32m)}
+DISK_SIZE=${DISK_SIZE:-$(sized 64m 128m)}
 PID_ROUNDS=${PID_ROUNDS:-$(sized 150 600)}
 
 # Processes a phase SIGSTOPs are continued before the cleanup's SIGTERM (which a stopped
@@ -428,6 +428,10 @@ phase_disk() {
     registry show "$a" 2>/dev/null | jq -r .status; done | grep -vc '^active$' || true)
   stop_all
   { df -k "$mnt"; du -sk "$(session_dir)"/* "$(session_dir)"/messages/*/*; } >"$lg/df.stopped" 2>&1
+  # Acknowledged messages stay in done/ (about 4 KiB each on tmpfs): a workload that
+  # outruns DISK_SIZE fills the disk again by itself, and the drain cannot run.
+  local free_at_stop
+  free_at_stop=$(df -k --output=avail "$mnt" | tail -n 1 | tr -d ' ')
   stuck=()
   drain d1 d2
   say "disk: checking"
@@ -436,6 +440,8 @@ phase_disk() {
   check "disk: healthmon process the same before and after the full disk" \
     "$([ -n "$hm_before" ] && [ "$hm_before" = "$hm_after" ] && echo ok)" "pid ${hm_before:-none} → ${hm_after:-none}"
   check "disk: claims held by an agent no longer active, after the disk was freed" "$(if_ok [ "$stranded" = 0 ])" "$stranded"
+  check "disk: space left when the workload stopped (none: raise DISK_SIZE)" \
+    "$(if_ok [ "$free_at_stop" -gt 0 ])" "$free_at_stop KiB"
   check "disk: drain steps that hung (over 60 s)" "$(if_ok [ ${#stuck[@]} = 0 ])" "${#stuck[@]}${stuck[*]:+: ${stuck[*]}}"
   check_workload disk "$DISK_TASKS"
   check_store disk
