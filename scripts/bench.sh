@@ -30,12 +30,15 @@ Suites and what they compare (full size; --quick size in brackets):
               waiting; wake-up latency of `recv --wait` (1000 sends [300])
   report      aggregate over 10,000 [1,000] result files vs `jq -s`; archive of
               100,000 [10,000] messages vs `tar czf` and `gzip -6`
-  taskd       2000 [300] no-op jobs through two `taskd work` workers vs xargs -P2,
-              GNU parallel -j2, tsp -S 2, nq, pueue (50 [5] jobs); claim + complete
+  taskd       2000 [300] no-op jobs through two `taskd work` workers (base in
+              TMPDIR, and on tmpfs in /dev/shm when there is one) vs xargs -P2,
+              GNU parallel -j2, tsp -S 2, nq, pueue (50 [10] jobs); claim + complete
               with 100 vs 100,000 [10,000] pending; `submit --batch` of 100,000
               [10,000] tasks; peak RSS of `claim` with 100,000 [10,000] pending
-Hand-timed loops run 3 times and report the median and min-max; hyperfine runs report
-its median and min-max. Ratios are of medians.
+Hand-timed loops run 3 times; every figure is a median with its min-max (hyperfine's
+for the commands it times). Ratios are of medians. Tables go to stdout, progress to
+stderr. One suite runs alone with `QUICK=1 bash scripts/bench/SUITE.sh` (its tables
+only).
 
 Options:
   --quick     small sizes: all suites in under two minutes (after the build). A ratio
@@ -59,9 +62,10 @@ Needs: cargo (release build, scripts/lib/release.sh), hyperfine, jq, GNU time
 parallel, tsp (task-spooler), nq, pueue + pueued (also looked for in ~/.cargo/bin),
 redis-server + redis-cli, tar + gzip.
 
-Environment: TMPDIR is where the sessions are made (its filesystem matters; the
-header names it); COORD_BIN uses binaries already built instead of building;
-COORD_STATIC=0 builds dynamic binaries (see scripts/lib/release.sh).
+Environment: TMPDIR is where the sessions are made and removed again (its filesystem
+matters; the header names it); COORD_BIN (and MSGQ_BENCH, the msgq-bench example)
+use binaries already built instead of building; COORD_STATIC=0 builds dynamic
+binaries (see scripts/lib/release.sh).
 
 Exit status: 0 when every suite ran (missed targets included: they are in the
 table); 1 when a suite failed; 2 on a usage error or a missing requirement.
@@ -109,7 +113,8 @@ if [ "$write" = yes ]; then
   fi
 fi
 
-for tool in hyperfine jq flock cargo; do
+for tool in hyperfine jq flock ${COORD_BIN:+-}cargo; do
+  [ "$tool" != -cargo ] || continue # binaries given: no build
   command -v "$tool" >/dev/null 2>&1 || { echo "bench.sh: $tool is required (see --help)" >&2; exit 2; }
 done
 if ! /usr/bin/time -f %M true >/dev/null 2>&1; then
@@ -117,7 +122,7 @@ if ! /usr/bin/time -f %M true >/dev/null 2>&1; then
   exit 2
 fi
 
-echo "bench.sh: building (release)" >&2
+[ -n "${COORD_BIN:-}" ] || echo "bench.sh: building (release)" >&2
 . scripts/lib/release.sh
 COORD_BIN=${COORD_BIN:-$(coord_release_dir)}
 export COORD_BIN
@@ -170,7 +175,7 @@ summary_table() {
     printf "| %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, st }' "$BENCH_SUMMARY"
 }
 count() { awk -F'\t' -v s="$1" '$5 == s { n++ } END { print n + 0 }' "$BENCH_SUMMARY"; }
-skips=$(awk -F'\t' '$5 == "skipped" { sub(/^skipped: /, "", $3); sub(/ not installed$/, "", $3); print $3 }' "$BENCH_SUMMARY" | sort -u | paste -sd, - | sed 's/,/, /g')
+skips=$(awk -F'\t' '$5 == "skipped" && $3 ~ / not installed$/ { sub(/^skipped: /, "", $3); sub(/ not installed$/, "", $3); print $3 }' "$BENCH_SUMMARY" | sort -u | paste -sd, - | sed 's/,/, /g')
 tally="$(count met) met, $(count "not met") not met, $(count info) informational, $(count skipped) skipped$([ "$failed" = 0 ] || echo ", $(count failed) suite(s) failed")"
 
 {
