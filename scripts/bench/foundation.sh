@@ -1,84 +1,120 @@
 #!/usr/bin/env bash
-# Foundation suite: one `state set` and one `registry heartbeat` as whole processes
-# against /bin/true; `state update` throughput with 8 contending processes against the
-# hand-written shell equivalent (flock + jq + mv); peak RSS of each command.
-set -euo pipefail
+# foundation suite: one `state set`, `registry heartbeat` and `state get` as whole
+# processes against /bin/true (hyperfine -N); peak RSS of each command; `state update`
+# throughput with 8 contending processes against the hand-written shell equivalent
+# (flock + jq + mv), repeated REPS times.
+#
+#   bash scripts/bench/foundation.sh        QUICK=1 for the small sizes
+SUITE=foundation
 cd "$(dirname "$0")/../.."
-. scripts/lib/release.sh
-B=${COORD_BIN:-$(coord_release_dir)}
+. scripts/bench/_lib.sh
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-export COORD_BASE=$work/base
-S=$("$B/session-init" bench)
-export COORD_SESSION=$S
-"$B/registry" register w1 --type worker --pid $$ >/dev/null
-runs=500; per=200
-if [ "${QUICK:-0}" = 1 ]; then runs=100; per=50; fi
-
-hyperfine -N --warmup 20 --runs "$runs" --export-json "$work/h.json" \
-  '/bin/true' \
-  "$B/state set global /phase x --string" \
-  "$B/registry heartbeat w1" \
-  "$B/state get global /phase" >/dev/null 2>&1
-
-median() { jq -r --arg c "$1" '.results[] | select(.command == $c) | .median * 1000' "$work/h.json"; }
-range() { jq -r --arg c "$1" '.results[] | select(.command == $c) | "\(.min * 1000 | . * 100 | round / 100)–\(.max * 1000 | . * 100 | round / 100)"' "$work/h.json"; }
-t_true=$(median /bin/true)
-
-rss() { /usr/bin/time -f %M "$@" 2>&1 >/dev/null | tail -n 1; }
-
-echo "## foundation (state, registry)"
-echo
-echo "Whole-process wall time, $runs runs each (hyperfine -N), median and min–max:"
-echo
-echo "| command | median ms | min–max ms | × /bin/true | peak RSS KiB |"
-echo "|---|---|---|---|---|"
-for c in "/bin/true" "$B/state set global /phase x --string" "$B/registry heartbeat w1" "$B/state get global /phase"; do
-  m=$(median "$c")
-  # shellcheck disable=SC2086
-  r=$(rss $c)
-  name=${c#"$B/"}
-  printf '| `%s` | %.3f | %s | %.2f | %s |\n' "$name" "$m" "$(range "$c")" "$(echo "$m / $t_true" | bc -l)" "$r"
-done
-r_update=$(rss "$B/state" update global -- jq '.counter = ((.counter // 0) + 1)')
-r_lock=$(rss "$B/state" lock bench -- true)
-r_reg=$(rss "$B/registry" register w2 --type worker --pid $$)
-r_init=$(rss "$B/session-init" rss)
-echo
-echo "Peak RSS of the other commands (KiB): state update $r_update, state lock $r_lock, registry register $r_reg, session-init $r_init."
-
-# Contended read-modify-write: 8 processes x $per updates each, once with jq as the
-# command (the README's example; jq's own start-up dominates) and once with cat (an
-# identity update, so the cost left is the lock, the process and the atomic replace).
-contend() { # $1 = label, rest = the command one process runs per update
-  local start t
-  start=$(date +%s.%N)
-  for _ in 1 2 3 4 5 6 7 8; do
-    ( for _ in $(seq "$per"); do "${@:2}" >/dev/null || exit 1; done ) &
-  done
-  wait
-  t=$(echo "$(date +%s.%N) - $start" | bc -l)
-  echo "$1 $t"
-}
-f=$COORD_BASE/$S/state/peer.json
+runs=$(pick 500 100)      # hyperfine runs per command
+per=$(pick 50 5)          # updates per contending process (8 processes)
+reps=3                    # repetitions of each contended run
 total=$((8 * per))
-"$B/state" set global /counter 0
-echo '{"counter": 0}' > "$f"
-read -r _ t_coord < <(contend coord "$B/state" update global -- jq '.counter += 1')
-read -r _ t_peer < <(contend shell flock "$f.lock" sh -c "jq '.counter += 1' '$f' > '$f.tmp' && mv '$f.tmp' '$f'")
-got=$("$B/state" get global /counter)
-got_peer=$(jq .counter "$f")
-read -r _ t_coord_cat < <(contend coord "$B/state" update global -- cat)
-read -r _ t_peer_cat < <(contend shell flock "$f.lock" sh -c "cat '$f' > '$f.tmp' && mv '$f.tmp' '$f'")
-got_after=$("$B/state" get global /counter)
+
+S=$("$BIN/session-init" bench)
+export COORD_SESSION=$S
+"$BIN/registry" register w1 --type worker --pid $$ >/dev/null
+
+progress "one process each, $runs runs"
+cmds=("/bin/true" "$BIN/state set global /phase x --string" "$BIN/registry heartbeat w1" "$BIN/state get global /phase")
+bench_hyperfine "$WORK/h.json" --warmup 20 --runs "$runs" "${cmds[@]}"
+read -r t_true _ < <(hf "$WORK/h.json" 0)
+
+echo "### foundation (state, registry)"
+echo
+echo "One command as a whole process, $runs runs each (\`hyperfine -N\`), wall time:"
+echo
+echo "| command | median ms (min–max) | × /bin/true (medians) | peak RSS KiB |"
+echo "|---|---|---|---|"
+rss_max=0
+for i in "${!cmds[@]}"; do
+  c=${cmds[$i]}
+  read -r m lo hi < <(hf "$WORK/h.json" "$i")
+  # shellcheck disable=SC2086 # the command line is split into words on purpose
+  r=$(peak_rss $c)
+  [ "$i" -eq 0 ] || [ "$r" -le "$rss_max" ] || rss_max=$r
+  name=${c#"$BIN/"}
+  x=$(div "$m" "$t_true")
+  echo "| \`$name\` | $(mmr "$m" "$lo" "$hi" 3) | $x | $r |"
+  case "$name" in
+    "state set"*) summary "\`state set\` ÷ /bin/true" "${x}×" "informational" info ;;
+    "registry heartbeat"*) summary "\`registry heartbeat\` ÷ /bin/true" "${x}×" "informational" info ;;
+  esac
+done
+others=
+for c in "state update global -- jq .counter=1" "state lock bench -- true" "registry register w2 --type worker --pid $$" "session-init rss"; do
+  # shellcheck disable=SC2086
+  r=$(peak_rss "$BIN"/$c)
+  [ "$r" -le "$rss_max" ] || rss_max=$r
+  read -r w1 w2 _ <<<"$c"
+  [ "$w1" = session-init ] && label=$w1 || label="$w1 $w2"
+  others+="${others:+, }\`$label\` $r"
+done
+echo
+echo "Peak RSS of other commands (KiB): $others."
+summary "peak RSS, largest of the commands above" "$(thousands "$rss_max") KiB" "< 8 MiB" "$(verdict "$rss_max" "<" 8192)"
+
+# Contended read-modify-write: 8 processes x $per updates each, every update a separate
+# process; once with jq as the command (jq's own start-up dominates) and once with cat
+# (an identity update: what is left is the lock, the process and the atomic replace).
+contend() { # CMD...: prints the seconds 8 processes take for $per runs each of CMD
+  local t0 p pids=()
+  t0=$(now_ns)
+  for _ in 1 2 3 4 5 6 7 8; do
+    (for _ in $(seq "$per"); do "$@" >/dev/null || exit 1; done) &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || return 1; done
+  awk -v ms="$(ms_since "$t0")" 'BEGIN { print ms / 1000 }'
+}
+f=$WORK/peer.json
+declare -A RATE
+lost=0; lost_peer=0
+for method in coord-jq shell-jq coord-cat shell-cat; do
+  rates=()
+  for _ in $(seq "$reps"); do
+    "$BIN/state" set global /counter 0
+    echo '{"counter": 0}' >"$f"
+    case $method in
+      coord-jq) t=$(contend "$BIN/state" update global -- jq '.counter += 1') ;;
+      shell-jq) t=$(contend flock "$f.lock" sh -c "jq '.counter += 1' '$f' > '$f.tmp' && mv '$f.tmp' '$f'") ;;
+      coord-cat) t=$(contend "$BIN/state" update global -- cat) ;;
+      shell-cat) t=$(contend flock "$f.lock" sh -c "cat '$f' > '$f.tmp' && mv '$f.tmp' '$f'") ;;
+    esac
+    case $method in
+      coord-jq) lost=$((lost + total - $("$BIN/state" get global /counter))) ;;
+      shell-jq) lost_peer=$((lost_peer + total - $(jq .counter "$f"))) ;;
+      coord-cat) [ "$("$BIN/state" get global /counter)" = 0 ] || { echo "foundation.sh: an identity update changed the counter" >&2; exit 1; } ;;
+    esac
+    rates+=("$(awk -v n="$total" -v t="$t" 'BEGIN { print n / t }')")
+  done
+  RATE[$method]=$(stats "${rates[@]}")
+  progress "contended updates, $method: ${RATE[$method]} (median min max updates/s)"
+done
 
 echo
-echo "Contended updates, 8 processes × $per updates each, every update a separate process:"
+echo "Contended updates: 8 processes × $per updates, every update a separate process; $reps runs each:"
 echo
-echo "| method | result | updates/s | × shell equivalent |"
-echo "|---|---|---|---|"
-printf '| `state update global -- jq ".counter += 1"` | counter %s of %s | %.0f | %.2f |\n' "$got" "$total" "$(echo "$total / $t_coord" | bc -l)" "$(echo "$t_peer / $t_coord" | bc -l)"
-printf '| `flock f.lock sh -c "jq ... f > tmp && mv tmp f"` | counter %s of %s | %.0f | 1.00 |\n' "$got_peer" "$total" "$(echo "$total / $t_peer" | bc -l)"
-printf '| `state update global -- cat` | counter still %s | %.0f | %.2f |\n' "$got_after" "$(echo "$total / $t_coord_cat" | bc -l)" "$(echo "$t_peer_cat / $t_coord_cat" | bc -l)"
-printf '| `flock f.lock sh -c "cat f > tmp && mv tmp f"` | — | %.0f | 1.00 |\n' "$(echo "$total / $t_peer_cat" | bc -l)"
+echo "| method | updates/s, median (min–max) | × shell equivalent (medians) |"
+echo "|---|---|---|"
+row() { # LABEL METHOD PEER
+  local m lo hi pm
+  read -r m lo hi <<<"${RATE[$2]}"
+  read -r pm _ <<<"${RATE[$3]}"
+  echo "| $1 | $(mmr "$m" "$lo" "$hi" 0) | $(div "$m" "$pm") |"
+}
+row "\`state update global -- jq '.counter += 1'\`" coord-jq shell-jq
+row "\`flock f.lock sh -c \"jq … f > tmp && mv tmp f\"\`" shell-jq shell-jq
+row "\`state update global -- cat\`" coord-cat shell-cat
+row "\`flock f.lock sh -c \"cat f > tmp && mv tmp f\"\`" shell-cat shell-cat
+echo
+echo "Increments lost over the $reps jq runs ($((reps * total)) updates each way): \`state update\` $lost, flock + jq + mv $lost_peer."
+
+read -r a _ <<<"${RATE[coord-jq]}"; read -r b _ <<<"${RATE[shell-jq]}"
+summary "\`state update\` (jq) throughput ÷ flock + jq + mv" "$(div "$a" "$b")×" "informational" info
+read -r a _ <<<"${RATE[coord-cat]}"; read -r b _ <<<"${RATE[shell-cat]}"
+summary "\`state update\` (cat) throughput ÷ flock + cat + mv" "$(div "$a" "$b")×" "informational" info
+summary "increments lost by \`state update\` under contention" "$lost of $((reps * total))" "0" "$(verdict "$lost" "<=" 0)"

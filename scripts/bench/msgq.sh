@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
-# msgq benchmarks, all in one run; prints a Markdown section for docs/performance.md.
+# msgq suite:
+#   1. one `msgq send` and one `msgq recv --ack` as whole processes against /bin/true and
+#      redis-cli LPUSH / RPOP on a private redis-server (hyperfine -N);
+#   2. `send --batch` throughput against a create + write + rename floor loop;
+#   3. wake-up latency of `recv --wait` (send returns → the receiver's line arrives);
+#   4. send and recv cost with 100 vs DEEP messages waiting.
 #
-#   bash scripts/bench/msgq.sh            # defaults below
-#   RUNS=500 LAT_SENDS=1000 bash scripts/bench/msgq.sh
-#
-# Measures: one `msgq send` / `msgq recv` as whole processes against /bin/true and
-# redis-cli LPUSH/RPOP; `send --batch` throughput against a create+write+rename floor;
-# wake-up latency of `recv --wait`; send/recv cost with 100 vs 100,000 messages waiting.
-# Needs hyperfine and jq; redis-server/redis-cli are optional (skipped, and said so).
-set -euo pipefail
+#   bash scripts/bench/msgq.sh        QUICK=1 for the small sizes
+SUITE=msgq
 cd "$(dirname "$0")/../.."
+. scripts/bench/_lib.sh
 
-RUNS=${RUNS:-300}
-BATCH=${BATCH:-100000}
-LAT_SENDS=${LAT_SENDS:-1000}
+runs=$(pick 300 100)         # hyperfine runs per command
+batch=$(pick 100000 10000)   # messages per send --batch run
+deep=$(pick 100000 10000)    # the long queue
+lat_sends=$(pick 1000 300)   # wake-ups timed
+reps=3                       # runs of the batch and floor loops
 
-for tool in hyperfine jq; do
-  command -v "$tool" >/dev/null || { echo "msgq.sh: $tool is required" >&2; exit 2; }
-done
+BENCH=${MSGQ_BENCH:-$(coord_release_dir -p msgq --example msgq-bench)/examples/msgq-bench}
 
-. scripts/lib/release.sh
-BIN=${COORD_BIN:-$(coord_release_dir)}
-BENCH=$(coord_release_dir -p msgq --example msgq-bench)/examples/msgq-bench
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/msgq-bench.XXXXXX")
 REDIS_PID=
 cleanup() {
   if [ -n "$REDIS_PID" ]; then kill "$REDIS_PID" 2>/dev/null || true; wait "$REDIS_PID" 2>/dev/null || true; fi
@@ -31,100 +26,126 @@ cleanup() {
 }
 trap cleanup EXIT
 
-export COORD_BASE=$WORK/base
-unset COORD_FSYNC COORD_POLL_MS RUST_LOG
 COORD_SESSION=$("$BIN/session-init" bench)
 export COORD_SESSION
-for a in w1 q100 q100k lat; do "$BIN/registry" register "$a" --type worker --pid $$ >/dev/null; done
+for a in w1 q100 qdeep lat; do "$BIN/registry" register "$a" --type worker --pid $$ >/dev/null; done
 
-# JSON Lines of N messages to AGENT.
+# lines N AGENT: JSON Lines of N messages to AGENT.
 lines() { awk -v n="$1" -v to="$2" 'BEGIN { for (i = 1; i <= n; i++) printf "{\"to\":\"%s\",\"type\":\"m\",\"payload\":{\"i\":%d}}\n", to, i }'; }
 fill() { lines "$1" "$2" | "$BIN/msgq" send --batch --from bench >/dev/null; }
-# Mean and stddev in ms of hyperfine's result i.
-stat() { jq -r --argjson i "$2" '.results[$i] | "\(.mean * 1000) \(.stddev * 1000)"' "$1"; }
-fmt() { awk -v m="$1" -v s="$2" 'BEGIN { printf "%.2f ± %.2f", m, s }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-echo "msgq.sh: per-process cost ($RUNS runs each)" >&2
-fill $((RUNS * 2 + 200)) w1
-HF=(hyperfine -N --style none --warmup 20 --runs "$RUNS")
-"${HF[@]}" --export-json "$WORK/proc.json" \
+# --- wake-up latency (first, while the session and the disk are quiet) -----------------
+progress "wake-up latency, $lat_sends sends"
+lat=$("$BENCH" latency "$lat_sends" "$BIN/msgq" lat)
+lat_ms() { num "$(jq -r ".$1" <<<"$lat")"; }
+
+# --- one process ---------------------------------------------------------------------
+progress "one process each, $runs runs"
+fill $((runs * 2 + 100)) w1
+bench_hyperfine "$WORK/proc.json" --warmup 20 --runs "$runs" \
   "/bin/true" \
   "$BIN/msgq send --from bench --to w1 --type m --payload '{\"i\":1}'" \
-  "$BIN/msgq recv w1 --ack" >/dev/null
-read -r true_m true_s < <(stat "$WORK/proc.json" 0)
-read -r send_m send_s < <(stat "$WORK/proc.json" 1)
-read -r recv_m recv_s < <(stat "$WORK/proc.json" 2)
+  "$BIN/msgq recv w1 --ack"
+read -r true_m true_lo true_hi < <(hf "$WORK/proc.json" 0)
+read -r send_m send_lo send_hi < <(hf "$WORK/proc.json" 1)
+read -r recv_m recv_lo recv_hi < <(hf "$WORK/proc.json" 2)
 
-redis_row="| redis-cli LPUSH / RPOP | skipped: redis-server or redis-cli not installed | | |"
+redis=
 if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+  progress "redis-cli, $runs runs"
   redis-server --port 0 --unixsocket "$WORK/redis.sock" --save '' --appendonly no --daemonize no \
     >"$WORK/redis.log" 2>&1 &
   REDIS_PID=$!
   for _ in $(seq 100); do redis-cli -s "$WORK/redis.sock" ping >/dev/null 2>&1 && break; sleep 0.05; done
-  for _ in $(seq $((RUNS * 2 + 200))); do echo "LPUSH q x"; done | redis-cli -s "$WORK/redis.sock" >/dev/null
-  "${HF[@]}" --export-json "$WORK/redis.json" \
+  for _ in $(seq $((runs * 2 + 100))); do echo "LPUSH q x"; done | redis-cli -s "$WORK/redis.sock" >/dev/null
+  bench_hyperfine "$WORK/redis.json" --warmup 20 --runs "$runs" \
     "redis-cli -s $WORK/redis.sock LPUSH q '{\"i\":1}'" \
-    "redis-cli -s $WORK/redis.sock RPOP q" >/dev/null
-  read -r lpush_m lpush_s < <(stat "$WORK/redis.json" 0)
-  read -r rpop_m rpop_s < <(stat "$WORK/redis.json" 1)
-  redis_row="| redis-cli LPUSH / RPOP (unix socket) | $(fmt "$lpush_m" "$lpush_s") / $(fmt "$rpop_m" "$rpop_s") | $(ratio "$lpush_m" "$true_m") / $(ratio "$rpop_m" "$true_m") | |"
+    "redis-cli -s $WORK/redis.sock RPOP q"
+  read -r lpush_m lpush_lo lpush_hi < <(hf "$WORK/redis.json" 0)
+  read -r rpop_m rpop_lo rpop_hi < <(hf "$WORK/redis.json" 1)
+  redis="yes"
+else
+  skipped "redis-server / redis-cli" "redis-cli LPUSH / RPOP ÷ /bin/true"
 fi
 
-echo "msgq.sh: batch throughput ($BATCH messages, 3 runs each)" >&2
-lines "$BATCH" w1 >"$WORK/batch.jsonl"
+# --- queue depth -------------------------------------------------------------------------
+progress "send and recv with 100 vs $deep waiting, $runs runs"
+fill 100 q100
+fill "$deep" qdeep
+# Each timed send is preceded by a receive and each timed receive by a send, so the
+# queues keep their length.
+bench_hyperfine "$WORK/depth.json" --runs "$runs" \
+  --prepare "$BIN/msgq recv q100 --ack" "$BIN/msgq send --from bench --to q100 --type m" \
+  --prepare "$BIN/msgq recv qdeep --ack" "$BIN/msgq send --from bench --to qdeep --type m" \
+  --prepare "$BIN/msgq send --from bench --to q100 --type m" "$BIN/msgq recv q100 --ack" \
+  --prepare "$BIN/msgq send --from bench --to qdeep --type m" "$BIN/msgq recv qdeep --ack"
+read -r s100_m s100_lo s100_hi < <(hf "$WORK/depth.json" 0)
+read -r sdeep_m sdeep_lo sdeep_hi < <(hf "$WORK/depth.json" 1)
+read -r r100_m r100_lo r100_hi < <(hf "$WORK/depth.json" 2)
+read -r rdeep_m rdeep_lo rdeep_hi < <(hf "$WORK/depth.json" 3)
+
+# --- send --batch against the floor ----------------------------------------------------
+lines "$batch" w1 >"$WORK/batch.jsonl"
 batch_rates=(); floor_rates=()
-for r in 1 2 3; do
+for r in $(seq "$reps"); do
+  progress "send --batch of $batch messages and the floor loop, run $r of $reps"
   "$BIN/registry" register "b$r" --type worker --pid $$ >/dev/null
   sed "s/\"to\":\"w1\"/\"to\":\"b$r\"/" "$WORK/batch.jsonl" >"$WORK/batch.$r.jsonl"
-  t0=$(date +%s.%N)
+  sync -f "$WORK" # each timed loop starts with nothing left to write back
+  t0=$(now_ns)
   "$BIN/msgq" send --batch --from bench <"$WORK/batch.$r.jsonl" >/dev/null
-  t1=$(date +%s.%N)
-  batch_rates+=("$(awk -v n="$BATCH" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f", n / (b - a) }')")
-  floor_rates+=("$("$BENCH" floor "$BATCH" "$WORK/floor.$r" | jq -r '.files_per_sec | floor')")
-  rm -rf "$WORK/floor.$r"
+  batch_rates+=("$(awk -v n="$batch" -v ms="$(ms_since "$t0")" 'BEGIN { print n / ms * 1000 }')")
+  sync -f "$WORK"
+  floor_rates+=("$("$BENCH" floor "$batch" "$WORK/floor.$r" | jq -r '.files_per_sec')")
+  rm -rf "$WORK/floor.$r" "$WORK/batch.$r.jsonl"
 done
-median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
-batch_rate=$(median "${batch_rates[@]}"); floor_rate=$(median "${floor_rates[@]}")
+read -r batch_m batch_lo batch_hi < <(stats "${batch_rates[@]}")
+read -r floor_m floor_lo floor_hi < <(stats "${floor_rates[@]}")
 
-echo "msgq.sh: send/recv with 100 vs 100,000 waiting" >&2
-fill 100 q100
-fill 100000 q100k
-"${HF[@]}" --export-json "$WORK/depth.json" \
-  --prepare "$BIN/msgq recv q100 --ack" "$BIN/msgq send --from bench --to q100 --type m" \
-  --prepare "$BIN/msgq recv q100k --ack" "$BIN/msgq send --from bench --to q100k --type m" \
-  --prepare "$BIN/msgq send --from bench --to q100 --type m" "$BIN/msgq recv q100 --ack" \
-  --prepare "$BIN/msgq send --from bench --to q100k --type m" "$BIN/msgq recv q100k --ack" >/dev/null
-read -r s100_m s100_s < <(stat "$WORK/depth.json" 0)
-read -r s100k_m s100k_s < <(stat "$WORK/depth.json" 1)
-read -r r100_m r100_s < <(stat "$WORK/depth.json" 2)
-read -r r100k_m r100k_s < <(stat "$WORK/depth.json" 3)
+# --- report ------------------------------------------------------------------------------
+echo "### msgq"
+echo
+echo "One command as a whole process, $runs runs each (\`hyperfine -N\`), wall time:"
+echo
+echo "| command | median ms (min–max) | × /bin/true (medians) | target |"
+echo "|---|---|---|---|"
+echo "| \`/bin/true\` | $(mmr "$true_m" "$true_lo" "$true_hi" 3) | 1.00 | |"
+echo "| \`msgq send\` | $(mmr "$send_m" "$send_lo" "$send_hi" 3) | $(div "$send_m" "$true_m") | ≤ 2 |"
+echo "| \`msgq recv --ack\` | $(mmr "$recv_m" "$recv_lo" "$recv_hi" 3) | $(div "$recv_m" "$true_m") | ≤ 2 |"
+if [ -n "$redis" ]; then
+  echo "| \`redis-cli LPUSH\` (unix socket) | $(mmr "$lpush_m" "$lpush_lo" "$lpush_hi" 3) | $(div "$lpush_m" "$true_m") | |"
+  echo "| \`redis-cli RPOP\` (unix socket) | $(mmr "$rpop_m" "$rpop_lo" "$rpop_hi" 3) | $(div "$rpop_m" "$true_m") | |"
+else
+  echo "| \`redis-cli LPUSH\` / \`RPOP\` | skipped: redis-server or redis-cli not installed | | |"
+fi
+echo
+echo "Throughput, $reps runs each:"
+echo
+echo "| loop | files/s, median (min–max) | ÷ floor (medians) | target |"
+echo "|---|---|---|---|"
+echo "| \`msgq send --batch\`, $(thousands "$batch") messages | $(thousands "$batch_m") ($(thousands "$batch_lo")–$(thousands "$batch_hi")) | $(div "$batch_m" "$floor_m") | ≥ 0.5 |"
+echo "| floor: create + write + rename $(thousands "$batch") files into one directory | $(thousands "$floor_m") ($(thousands "$floor_lo")–$(thousands "$floor_hi")) | 1.00 | |"
+echo
+echo "Cost with messages waiting ($runs runs each; each timed send is preceded by a receive and each receive by a send, so the queue keeps its length):"
+echo
+echo "| command | 100 waiting, median ms (min–max) | $(thousands "$deep") waiting, median ms (min–max) | ratio (medians) | target |"
+echo "|---|---|---|---|---|"
+echo "| \`msgq send\` | $(mmr "$s100_m" "$s100_lo" "$s100_hi" 3) | $(mmr "$sdeep_m" "$sdeep_lo" "$sdeep_hi" 3) | $(div "$sdeep_m" "$s100_m") | ≤ 1.5 |"
+echo "| \`msgq recv --ack\` | $(mmr "$r100_m" "$r100_lo" "$r100_hi" 3) | $(mmr "$rdeep_m" "$rdeep_lo" "$rdeep_hi" 3) | $(div "$rdeep_m" "$r100_m") | ≤ 1.5 |"
+echo
+echo "Wake-up latency of \`msgq recv --wait\` (the send returns → the receiver's line arrives), $lat_sends sends:"
+echo
+echo "| p50 ms | p90 ms | p99 ms | min–max ms | target |"
+echo "|---|---|---|---|---|"
+echo "| $(lat_ms p50_ms) | $(lat_ms p90_ms) | $(lat_ms p99_ms) | $(lat_ms min_ms)–$(lat_ms max_ms) | p50 ≤ 2 |"
 
-echo "msgq.sh: wake-up latency ($LAT_SENDS sends)" >&2
-lat=$("$BENCH" latency "$LAT_SENDS" "$BIN/msgq" lat)
-
-cat <<MD
-Measured $(date -u +%Y-%m-%d) with \`bash scripts/bench/msgq.sh\` (RUNS=$RUNS, BATCH=$BATCH,
-LAT_SENDS=$LAT_SENDS) on $(nproc) CPUs, $(uname -sr), session on $(df -T "$WORK" | awk 'NR==2 { print $2 }').
-
-| one process | mean ms | × /bin/true | target |
-|---|---|---|---|
-| /bin/true | $(fmt "$true_m" "$true_s") | 1.00 | |
-| msgq send | $(fmt "$send_m" "$send_s") | $(ratio "$send_m" "$true_m") | ≤ 2 |
-| msgq recv --ack | $(fmt "$recv_m" "$recv_s") | $(ratio "$recv_m" "$true_m") | ≤ 2 |
-$redis_row
-
-| throughput | files/s (median of 3) | |
-|---|---|---|
-| msgq send --batch, $BATCH messages | $batch_rate | $(ratio "$batch_rate" "$floor_rate") × floor (target ≥ 0.5) |
-| floor: create + write + rename loop | $floor_rate | |
-
-| cost with messages waiting | 100 waiting, ms | 100,000 waiting, ms | ratio (target ≤ 1.5) |
-|---|---|---|---|
-| msgq send | $(fmt "$s100_m" "$s100_s") | $(fmt "$s100k_m" "$s100k_s") | $(ratio "$s100k_m" "$s100_m") |
-| msgq recv --ack | $(fmt "$r100_m" "$r100_s") | $(fmt "$r100k_m" "$r100k_s") | $(ratio "$r100k_m" "$r100_m") |
-
-Wake-up latency of \`msgq recv --wait\` (send returns → receiver's line arrives), $LAT_SENDS sends:
-p50 $(jq -r '.p50_ms * 100 | round / 100' <<<"$lat") ms, p90 $(jq -r '.p90_ms * 100 | round / 100' <<<"$lat") ms,
-p99 $(jq -r '.p99_ms * 100 | round / 100' <<<"$lat") ms, max $(jq -r '.max_ms * 100 | round / 100' <<<"$lat") ms (target p50 ≤ 2 ms).
-MD
+x=$(div "$send_m" "$true_m"); summary "\`msgq send\` ÷ /bin/true" "${x}×" "≤ 2×" "$(verdict "$x" "<=" 2)"
+x=$(div "$recv_m" "$true_m"); summary "\`msgq recv --ack\` ÷ /bin/true" "${x}×" "≤ 2×" "$(verdict "$x" "<=" 2)"
+if [ -n "$redis" ]; then
+  summary "\`redis-cli LPUSH\` ÷ /bin/true" "$(div "$lpush_m" "$true_m")×" "informational" info
+  summary "\`redis-cli RPOP\` ÷ /bin/true" "$(div "$rpop_m" "$true_m")×" "informational" info
+fi
+x=$(div "$batch_m" "$floor_m"); summary "\`send --batch\` ÷ create + write + rename floor, $(thousands "$batch") messages" "${x}×" "≥ 0.5×" "$(verdict "$x" ">=" 0.5)"
+x=$(div "$sdeep_m" "$s100_m"); summary "\`msgq send\`, $(thousands "$deep") ÷ 100 waiting" "${x}×" "≤ 1.5×" "$(verdict "$x" "<=" 1.5)"
+x=$(div "$rdeep_m" "$r100_m"); summary "\`msgq recv --ack\`, $(thousands "$deep") ÷ 100 waiting" "${x}×" "≤ 1.5×" "$(verdict "$x" "<=" 1.5)"
+x=$(lat_ms p50_ms); summary "wake-up of \`recv --wait\`, p50 of $lat_sends sends (p99 $(lat_ms p99_ms) ms)" "$x ms" "≤ 2 ms" "$(verdict "$x" "<=" 2)"

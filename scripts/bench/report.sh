@@ -1,36 +1,35 @@
 #!/usr/bin/env bash
-# Benchmarks aggregate and archive against the shell tools they replace, in one run:
-#   1. aggregate over 10,000 result files / 100,000 tasks vs the same summary with `jq -s`
-#      (wall time and peak RSS of each);
-#   2. archive of a session holding 100,000 message-sized files vs `tar czf` of the same
-#      directory (wall time ratio; archive size vs gzip -6).
-# Usage: scripts/bench/report.sh [WORKDIR]   (default: a fresh directory under /tmp)
-# Needs: cargo, jq, python3, GNU time (/usr/bin/time), tar, gzip.
-set -euo pipefail
+# report suite: aggregate and archive against the shell tools they replace:
+#   1. aggregate over AGENTS result files (10 tasks each) vs the same summary computed by
+#      `jq -s`: wall time and peak RSS of each;
+#   2. archive of a session holding MESSAGES message files vs `tar czf` of the same
+#      directory: wall time, and the archive's size vs `tar c | gzip -6`.
+# Each side is run REPS times, taking turns, with the page cache warm.
+#
+#   bash scripts/bench/report.sh        QUICK=1 for the small sizes
+SUITE=report
 cd "$(dirname "$0")/../.."
+. scripts/bench/_lib.sh
 
-for tool in jq python3 /usr/bin/time tar gzip; do
-  command -v "$tool" >/dev/null 2>&1 || { echo "report.sh: needs $tool" >&2; exit 2; }
-done
+command -v python3 >/dev/null || { echo "report.sh: needs python3 (to make the data)" >&2; exit 2; }
+agents=$(pick 10000 1000)     # result files
+per_agent=10                  # tasks per result file
+messages=$(pick 100000 10000) # message files in the archived session
+reps=3
 
-. scripts/lib/release.sh
-BIN=${COORD_BIN:-$(coord_release_dir)}
-WORK="${1:-$(mktemp -d /tmp/coord-bench-report.XXXXXX)}"
-export COORD_BASE="$WORK/base"
-AGENTS=10000
-TASKS_PER_AGENT=10
-MESSAGES=100000
-
-# Wall seconds and peak RSS (KiB) of a command, as "SECONDS KIB".
+# measure CMD...: "WALL_MS PEAK_RSS_KIB" of CMD, its output discarded.
 measure() {
-  local out="$WORK/time.$$"
-  /usr/bin/time -f '%e %M' -o "$out" "$@" >/dev/null
-  cat "$out"
+  local t0 ms
+  t0=$(now_ns)
+  /usr/bin/time -f %M -o "$WORK/rss.out" "$@" >/dev/null
+  ms=$(ms_since "$t0")
+  echo "$ms $(tail -n 1 "$WORK/rss.out")"
 }
 
-echo "## aggregate: $AGENTS result files, $((AGENTS * TASKS_PER_AGENT)) tasks" >&2
+# --- aggregate -----------------------------------------------------------------------------
+progress "making $agents result files"
 S1=$("$BIN/session-init" bench-aggregate)
-python3 - "$COORD_BASE/$S1/results" "$AGENTS" "$TASKS_PER_AGENT" <<'EOF'
+python3 - "$COORD_BASE/$S1/results" "$agents" "$per_agent" <<'EOF'
 import json, sys, random
 root, agents, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 rnd = random.Random(42)
@@ -46,19 +45,28 @@ for a in range(agents):
     with open(f"{root}/agent-{a:05d}.json", "w") as f:
         json.dump({"tasks": tasks, "execution_time": round(rnd.random() * 50, 3)}, f)
 EOF
-sync
-JQ_FILTER='{total_tasks: (map(.tasks | length) | add), completed_tasks: ([.[].tasks[] | select(.status == "completed")] | length), failed_tasks: ([.[].tasks[] | select(.status == "failed")] | length), total_time: (map(.execution_time) | add), agents_used: length} | .throughput = (if .total_time > 0 then .total_tasks / .total_time else null end) | .success_rate = (if .total_tasks > 0 then .completed_tasks / .total_tasks else null end)'
-# Warm the page cache once for both.
-cat "$COORD_BASE/$S1"/results/agent-*.json >/dev/null
-read -r AGG_S AGG_KB < <(measure "$BIN/aggregate" --session "$S1")
-read -r JQ_S JQ_KB < <(measure sh -c "jq -s '$JQ_FILTER' '$COORD_BASE/$S1'/results/agent-*.json")
-AGG_TOTAL=$("$BIN/aggregate" --session "$S1" | jq .summary.total_tasks)
-JQ_TOTAL=$(jq -s "$JQ_FILTER" "$COORD_BASE/$S1"/results/agent-*.json | jq .total_tasks)
-[ "$AGG_TOTAL" = "$JQ_TOTAL" ] || { echo "report.sh: totals differ: aggregate $AGG_TOTAL, jq $JQ_TOTAL" >&2; exit 1; }
+sync -f "$WORK"
+jq_filter='{total_tasks: (map(.tasks | length) | add), completed_tasks: ([.[].tasks[] | select(.status == "completed")] | length), failed_tasks: ([.[].tasks[] | select(.status == "failed")] | length), total_time: (map(.execution_time) | add), agents_used: length} | .throughput = (if .total_time > 0 then .total_tasks / .total_time else null end) | .success_rate = (if .total_tasks > 0 then .completed_tasks / .total_tasks else null end)'
+files=("$COORD_BASE/$S1"/results/agent-*.json)
+cat "${files[@]}" >/dev/null # warm the page cache for both
+agg_ms=(); agg_kib=(); jq_ms=(); jq_kib=()
+for r in $(seq "$reps"); do
+  progress "aggregate and jq -s, run $r of $reps"
+  read -r ms kib < <(measure "$BIN/aggregate" --session "$S1"); agg_ms+=("$ms"); agg_kib+=("$kib")
+  read -r ms kib < <(measure jq -s "$jq_filter" "${files[@]}"); jq_ms+=("$ms"); jq_kib+=("$kib")
+done
+agg_total=$("$BIN/aggregate" --session "$S1" | jq .summary.total_tasks)
+jq_total=$(jq -s "$jq_filter" "${files[@]}" | jq .total_tasks)
+if [ "$agg_total" != "$jq_total" ] || [ "$agg_total" != $((agents * per_agent)) ]; then
+  echo "report.sh: task totals differ: aggregate $agg_total, jq $jq_total, made $((agents * per_agent))" >&2
+  exit 1
+fi
+rm -rf "${COORD_BASE:?}/$S1"
 
-echo "## archive: a session with $MESSAGES message files" >&2
+# --- archive -------------------------------------------------------------------------------
+progress "making a session with $messages message files"
 S2=$("$BIN/session-init" bench-archive)
-python3 - "$COORD_BASE/$S2/messages" "$MESSAGES" <<'EOF'
+python3 - "$COORD_BASE/$S2/messages" "$messages" <<'EOF'
 import json, os, sys, random
 root, n = sys.argv[1], int(sys.argv[2])
 rnd = random.Random(7)
@@ -76,19 +84,56 @@ for i in range(n):
     with open(f"{d}/{msg['id']}.json", "w") as f:
         json.dump(msg, f, indent=2)
 EOF
-sync
-du -s "$COORD_BASE/$S2" >/dev/null  # warm the dentry and page caches for both
-read -r TAR_S TAR_KB < <(measure tar czf "$WORK/tar.tar.gz" -C "$COORD_BASE" "$S2")
-GZ6_BYTES=$(tar cf - -C "$COORD_BASE" "$S2" | gzip -6 | wc -c)
-read -r ARC_S ARC_KB < <(measure "$BIN/archive" --session "$S2" --output "$WORK/coord.tar.gz")
-ARC_BYTES=$(stat -c %s "$WORK/coord.tar.gz")
+sync -f "$WORK"
+du -s "$COORD_BASE/$S2" >/dev/null # warm the dentry and page caches for both
+peers=yes
+for tool in tar gzip; do
+  command -v "$tool" >/dev/null || { peers=; skipped "$tool" "\`archive\` ÷ \`tar czf\`"; }
+done
+arc_ms=(); arc_kib=(); tar_ms=()
+for r in $(seq "$reps"); do
+  progress "archive and tar czf, run $r of $reps"
+  rm -f "$WORK/coord.tar.gz" "$WORK/tar.tar.gz"
+  if [ -n "$peers" ]; then
+    read -r ms _ < <(measure tar czf "$WORK/tar.tar.gz" -C "$COORD_BASE" "$S2"); tar_ms+=("$ms")
+  fi
+  read -r ms kib < <(measure "$BIN/archive" --session "$S2" --output "$WORK/coord.tar.gz"); arc_ms+=("$ms"); arc_kib+=("$kib")
+done
+arc_bytes=$(stat -c %s "$WORK/coord.tar.gz")
+entries=$(tar tzf "$WORK/coord.tar.gz" | grep -c '\.json$')
+[ "$entries" -ge "$messages" ] || { echo "report.sh: the archive holds $entries JSON files, fewer than $messages" >&2; exit 1; }
+[ -z "$peers" ] || gz6_bytes=$(tar cf - -C "$COORD_BASE" "$S2" | gzip -6 | wc -c)
 
-python3 - "$AGG_S" "$AGG_KB" "$JQ_S" "$JQ_KB" "$TAR_S" "$ARC_S" "$ARC_KB" "$ARC_BYTES" "$GZ6_BYTES" <<'EOF'
-import sys
-agg_s, agg_kb, jq_s, jq_kb, tar_s, arc_s, arc_kb, arc_b, gz_b = map(float, sys.argv[1:])
-print(f"aggregate: {agg_s:.2f} s, peak RSS {agg_kb/1024:.0f} MiB; jq -s: {jq_s:.2f} s, peak RSS {jq_kb/1024:.0f} MiB; "
-      f"aggregate is {jq_s/max(agg_s, 0.01):.1f}x faster")
-print(f"archive: {arc_s:.2f} s (peak RSS {arc_kb/1024:.0f} MiB, includes the read-back verification); tar czf: {tar_s:.2f} s; "
-      f"time ratio {arc_s/max(tar_s, 0.01):.2f}x; size {arc_b/1e6:.2f} MB vs gzip -6 {gz_b/1e6:.2f} MB ({(arc_b/gz_b - 1)*100:+.1f}%)")
-EOF
-echo "(work directory: $WORK; remove it when done)" >&2
+read -r am alo ahi < <(stats "${agg_ms[@]}")
+read -r jm jlo jhi < <(stats "${jq_ms[@]}")
+read -r akm aklo akhi < <(stats "${agg_kib[@]}")
+read -r jkm jklo jkhi < <(stats "${jq_kib[@]}")
+read -r xm xlo xhi < <(stats "${arc_ms[@]}")
+read -r xkm _ xkhi < <(stats "${arc_kib[@]}")
+mib() { awk -v k="$1" 'BEGIN { printf("%.0f\n", k / 1024) }'; }
+
+echo "### aggregate and archive"
+echo
+echo "$(thousands "$agents") result files with $per_agent tasks each ($(thousands $((agents * per_agent))) tasks, 10% failed); a session with $(thousands "$messages") message files (JSON, about 400 bytes each, in 100 mailboxes). Page cache warm; $reps runs of each side, taking turns:"
+echo
+echo "| measurement | coord, median (min–max) | peer, median (min–max) | ratio (medians) | target |"
+echo "|---|---|---|---|---|"
+echo "| aggregate: wall ms | $(mmr "$am" "$alo" "$ahi" 0) | \`jq -s\` summary: $(mmr "$jm" "$jlo" "$jhi" 0) | $(div "$jm" "$am" 1)× faster | ≥ 5× faster |"
+echo "| aggregate: peak RSS MiB | $(mib "$akm") ($(mib "$aklo")–$(mib "$akhi")) | \`jq -s\`: $(mib "$jkm") ($(mib "$jklo")–$(mib "$jkhi")) | | ≤ 200 MiB |"
+if [ -n "$peers" ]; then
+  read -r tm tlo thi < <(stats "${tar_ms[@]}")
+  echo "| archive (read-back verification included): wall ms | $(mmr "$xm" "$xlo" "$xhi" 0) | \`tar czf\`: $(mmr "$tm" "$tlo" "$thi" 0) | $(div "$xm" "$tm")× | ≤ 1.0× |"
+  echo "| archive size, bytes | $(thousands "$arc_bytes") | \`tar c \\| gzip -6\`: $(thousands "$gz6_bytes") | $(awk -v a="$arc_bytes" -v b="$gz6_bytes" 'BEGIN { printf("%+.1f%%\n", (a / b - 1) * 100) }') | ≤ +5% |"
+else
+  echo "| archive: wall ms | $(mmr "$xm" "$xlo" "$xhi" 0) | skipped: tar or gzip not installed | | |"
+fi
+echo
+echo "Peak RSS of archive: $(mib "$xkm") MiB (largest $(mib "$xkhi"))."
+
+x=$(div "$jm" "$am" 1); summary "aggregate ($(thousands "$agents") files) speed ÷ \`jq -s\`" "${x}×" "≥ 5×" "$(verdict "$x" ">=" 5)"
+summary "peak RSS of aggregate ($(thousands "$agents") files, largest of $reps)" "$(mib "$akhi") MiB" "≤ 200 MiB" "$(verdict "$akhi" "<=" $((200 * 1024)))"
+if [ -n "$peers" ]; then
+  x=$(div "$xm" "$tm"); summary "archive ($(thousands "$messages") messages) time ÷ \`tar czf\`" "${x}×" "≤ 1.0×" "$(verdict "$x" "<=" 1.0)"
+  x=$(awk -v a="$arc_bytes" -v b="$gz6_bytes" 'BEGIN { printf("%.1f\n", (a / b - 1) * 100) }')
+  summary "archive size vs \`tar c | gzip -6\`" "$x%" "≤ +5%" "$(verdict "$x" "<=" 5)"
+fi

@@ -6,7 +6,7 @@
 //! `msgq-bench latency N MSGQ AGENT` — wake-up latency of `recv --wait`: N times, start
 //! `MSGQ recv AGENT --wait`, wait until it sleeps in poll(2), send one message, and time
 //! from the send's return to the receiver's line arriving. Uses COORD_BASE/COORD_SESSION.
-//! Prints p50, p90, p99 and max in milliseconds. It measures; it asserts nothing.
+//! Prints min, p50, p90, p99 and max in milliseconds. It measures; it asserts nothing.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -100,7 +100,7 @@ fn latency(n: usize, msgq: &Path, agent: &str) -> Result<()> {
     let pct = |p: f64| samples[((samples.len() as f64 - 1.0) * p).round() as usize];
     println!(
         "{}",
-        serde_json::json!({"sends": n, "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": pct(1.0)})
+        serde_json::json!({"sends": n, "min_ms": pct(0.0), "p50_ms": pct(0.5), "p90_ms": pct(0.9), "p99_ms": pct(0.99), "max_ms": pct(1.0)})
     );
     Ok(())
 }
