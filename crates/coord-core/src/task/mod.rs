@@ -547,6 +547,23 @@ pub fn submit(dir: &SessionDir, new: Vec<NewTask>, timeout: Duration) -> Result<
     Ok(out)
 }
 
+/// Parses `taskd submit --batch` input: one [`NewTask`] JSON object per line, blank lines
+/// skipped. The first line that is not a valid task is a usage error naming the line.
+pub fn parse_batch(input: impl std::io::BufRead) -> Result<Vec<NewTask>> {
+    let mut out = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| Error::io("read", "stdin", e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let t: NewTask = serde_json::from_str(&line).map_err(|e| {
+            Error::Usage(format!("stdin line {}: not a valid task ({e}); nothing was submitted", n + 1))
+        })?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
 /// Batch order with dependencies first; a cycle is a usage error naming its members.
 fn topological_order(new: &[NewTask]) -> Result<Vec<usize>> {
     let pos: HashMap<&str, usize> =
