@@ -7,9 +7,16 @@ pub fn now_rfc3339() -> String {
     rfc3339(SystemTime::now())
 }
 
-/// `t` as RFC 3339 UTC with milliseconds.
+/// `t` as RFC 3339 UTC with milliseconds. A time outside what RFC 3339 can write (before
+/// 1970 or after 9999, as a file's modification time can be) is written as the nearest
+/// time it can.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+    humantime::format_rfc3339_millis(t.clamp(UNIX_EPOCH, latest())).to_string()
+}
+
+/// 9999-12-31T23:59:59.999Z, the last time RFC 3339 can write.
+fn latest() -> SystemTime {
+    UNIX_EPOCH + Duration::new(253_402_300_799, 999_000_000)
 }
 
 /// Parses an RFC 3339 timestamp as written by [`rfc3339`] (or with seconds only).
@@ -58,5 +65,14 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn any_file_time_is_written_as_a_timestamp() {
+        let before_1970 = UNIX_EPOCH - Duration::from_secs(86_400);
+        assert_eq!(rfc3339(before_1970), "1970-01-01T00:00:00.000Z");
+        let after_9999 = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(rfc3339(after_9999), "9999-12-31T23:59:59.999Z");
+        assert!(parse_rfc3339(&rfc3339(after_9999)).is_some());
     }
 }
