@@ -323,6 +323,19 @@ mod tests {
     }
 
     #[test]
+    fn an_error_at_the_start_of_a_line_has_column_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (text, line) in [("", 1), ("{\n", 2)] {
+            let p = dir.path().join("cut.json");
+            std::fs::write(&p, text).expect("plant");
+            match read_json::<serde_json::Value>(&p) {
+                Err(Error::Malformed { line: l, column, .. }) => assert_eq!((l, column), (line, 1), "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn create_atomic_never_replaces() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("once");
