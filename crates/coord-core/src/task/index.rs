@@ -54,8 +54,11 @@ impl Route {
         Ok(name)
     }
 
-    /// Parses a route directory name.
+    /// Parses a route directory name. Only names [`Route::dir_name`] can give are routes.
     pub fn parse(name: &str) -> Option<Route> {
+        if name.len() > MAX_ROUTE_LEN {
+            return None;
+        }
         let (t, caps) = name.split_once(ROUTE_SEP)?;
         let agent_type =
             if t == ANY_TYPE { None } else { Some(crate::id::validate("agent type", t).ok()?.to_string()) };
@@ -81,7 +84,7 @@ pub fn priority_key(priority: i64) -> String {
 }
 
 fn parse_priority_key(name: &str) -> Option<i64> {
-    if name.len() != 20 {
+    if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let key: u64 = name.parse().ok()?;
@@ -107,7 +110,7 @@ pub struct Entry {
 fn parse_entry(name: &str) -> Option<(u64, String)> {
     let stem = name.strip_suffix(".json")?;
     let (seq, id) = stem.split_once('.')?;
-    if seq.len() != 16 {
+    if seq.len() != 16 || !seq.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let seq = seq.parse().ok()?;
@@ -187,10 +190,12 @@ impl RouteCursor {
             }
             let Some(chunk) = self.chunks.pop() else { continue };
             let cdir = self.root.join(&chunk);
-            let prio = chunk.split('/').next().unwrap_or_default().to_string();
+            let (prio, number) = chunk.split_once('/').unwrap_or_default();
+            let (prio, number) = (prio.to_string(), number.parse::<u64>().ok());
             let mut entries = Vec::new();
             for name in list_names(&cdir)? {
-                match parse_entry(&name) {
+                // A record filed in another chunk than its number's would be taken out of order.
+                match parse_entry(&name).filter(|(seq, _)| Some(seq / CHUNK) == number) {
                     Some((seq, id)) => entries.push(Entry { key: (prio.clone(), seq), id, path: cdir.join(&name) }),
                     None => set_aside(&self.garbage, &cdir.join(&name)),
                 }
@@ -341,5 +346,32 @@ mod tests {
         assert_eq!(parse_entry("42.t.json"), None);
         assert_eq!(parse_entry("0000000000000042.t"), None);
         assert_eq!(parse_entry("0000000000000042..x.json"), None);
+        assert_eq!(parse_entry("+000000000000042.t.json"), None);
+        assert_eq!(parse_priority_key("+0000000000000000001"), None);
+        assert_eq!(Route::parse(&format!("w+{}", "c".repeat(MAX_ROUTE_LEN))), None);
+    }
+
+    #[test]
+    fn the_scan_takes_only_records_filed_where_pending_rel_puts_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&crate::layout::Base::new(tmp.path().join("base")), "t").expect("init");
+        let route = Route::new(None, &[]);
+        let good = pending_rel(&route, 0, 600, "good").expect("name");
+        let key = priority_key(0);
+        let misfiled = format!("~+/{key}/000000000000/0000000000000601.misfiled.json");
+        let plus = format!("~+/+{}/000000000001/0000000000000602.plus.json", &key[1..]);
+        for rel in [&good, &misfiled, &plus] {
+            let path = dir.tasks_pending_dir().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, "{}").expect("plant");
+        }
+        let mut scan = PendingScan::open(&dir, |_| true).expect("open");
+        let mut ids = Vec::new();
+        while let Some((i, e)) = scan.peek().expect("peek") {
+            ids.push(e.id);
+            scan.advance(i);
+        }
+        assert_eq!(ids, ["good"]);
+        assert_eq!(list_names(&dir.tasks_garbage_dir()).expect("garbage").len(), 2);
     }
 }
