@@ -16,6 +16,10 @@ use crate::layout::SessionDir;
 /// Submission numbers per chunk directory.
 pub const CHUNK: u64 = 512;
 
+/// The last submission number the index can name: its chunk must fit the chunk
+/// directory's 12 digits (and so the number itself fits the record name's 16).
+pub const MAX_SEQ: u64 = CHUNK * 1_000_000_000_000 - 1;
+
 /// Separates the type from the capabilities in a route name; ids never contain it.
 const ROUTE_SEP: char = '+';
 /// Stands for "any type" in a route name.
@@ -93,6 +97,11 @@ fn parse_priority_key(name: &str) -> Option<i64> {
 
 /// The path of a pending record, relative to `tasks/pending/`.
 pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<String> {
+    if seq > MAX_SEQ {
+        return Err(Error::Failed(format!(
+            "task {id:?}: submission number {seq} is past the last one the pending index can name ({MAX_SEQ})"
+        )));
+    }
     Ok(format!("{}/{}/{:012}/{seq:016}.{id}.json", route.dir_name()?, priority_key(priority), seq / CHUNK))
 }
 

@@ -611,7 +611,14 @@ fn allocate_seqs(dir: &SessionDir, n: u64, timeout: Duration) -> Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
         Err(e) => return Err(Error::io("read", &path, e)),
     };
-    fsio::write_atomic(&path, format!("{}\n", next + n).as_bytes())?;
+    let end = next.checked_add(n).filter(|&end| end <= index::MAX_SEQ + 1).ok_or_else(|| {
+        Error::Failed(format!(
+            "{} is at {next}: {n} more task(s) would pass the last submission number, {}",
+            path.display(),
+            index::MAX_SEQ
+        ))
+    })?;
+    fsio::write_atomic(&path, format!("{end}\n").as_bytes())?;
     Ok(next)
 }
 
