@@ -1128,7 +1128,8 @@ mod tests {
     fn a_modification_time_past_the_clock_is_refused() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let arch = tmp.path().join("a.tar.gz");
-        let mut b = tar::Builder::new(GzEncoder::new(File::create(&arch).expect("create"), flate2::Compression::fast()));
+        let mut b =
+            tar::Builder::new(GzEncoder::new(File::create(&arch).expect("create"), flate2::Compression::fast()));
         let mut h = tar::Header::new_gnu();
         h.set_path("late.json").expect("path");
         h.set_size(2);
