@@ -40,15 +40,26 @@ pub fn unix_secs_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Parses a duration such as `90s`, `15m`, `1h`, `2days` or a bare number of seconds.
+/// The longest duration [`parse_duration`] accepts: 100 years. Durations are added to the
+/// current time (lease expiries, `--keep-for`), which must stay a time a record can hold.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Parses a duration such as `90s`, `15m`, `1h`, `2days` or a bare number of seconds,
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<f64>() {
-        if secs.is_finite() && secs >= 0.0 {
-            return Ok(Duration::from_secs_f64(secs));
+    let d = if let Ok(secs) = s.parse::<f64>() {
+        if !(secs.is_finite() && secs >= 0.0) {
+            return Err(format!("invalid duration {s:?}: must be a non-negative number of seconds"));
         }
-        return Err(format!("invalid duration {s:?}: must be a non-negative number of seconds"));
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
+    } else {
+        humantime::parse_duration(s)
+            .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30, 90s, 15m, 1h)"))?
+    };
+    if d > MAX_DURATION {
+        return Err(format!("invalid duration {s:?}: longer than 100 years"));
     }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30, 90s, 15m, 1h)"))
+    Ok(d)
 }
 
 #[cfg(test)]
@@ -65,6 +76,15 @@ mod tests {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn durations_past_100_years_are_refused() {
+        assert_eq!(parse_duration("3153600000"), Ok(MAX_DURATION));
+        for s in ["3153600001", "22532253515253225351511", "1e300", "101years"] {
+            let err = parse_duration(s).expect_err(s);
+            assert!(err.contains("longer than 100 years"), "{s}: {err}");
+        }
     }
 
     #[test]
