@@ -53,8 +53,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX)
     } else {
-        humantime::parse_duration(s)
-            .map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30, 90s, 15m, 1h)"))?
+        humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (examples: 30, 90s, 15m, 1h)"))?
     };
     if d > MAX_DURATION {
         return Err(format!("invalid duration {s:?}: longer than 100 years"));
