@@ -304,17 +304,31 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Moves a file that is not a task record out of the store, with a warning. The queue
-/// keeps going whatever happens here.
+/// keeps going whatever happens here. Never replaces anything already set aside: two
+/// names moved in the same millisecond get distinct names.
 pub fn set_aside(garbage: &Path, path: &Path) {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let target =
-        garbage.join(format!("{}.{}.{name}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id()));
-    let _ = std::fs::create_dir_all(garbage);
-    match std::fs::rename(path, &target) {
-        Ok(()) => log::warn!("moved {} aside to {}: it is not a task record", path.display(), target.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("{} is not a task record and could not be moved aside: {e}", path.display()),
+    let stamp = format!("{}.{}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id());
+    for n in 0..100u32 {
+        let target = garbage.join(if n == 0 { format!("{stamp}.{name}") } else { format!("{stamp}-{n}.{name}") });
+        match crate::fsio::rename_noclobber(path, &target) {
+            Ok(true) => {
+                log::warn!("moved {} aside to {}: it is not a task record", path.display(), target.display());
+                return;
+            }
+            Ok(false) => {}
+            Err(e) if crate::fsio::is_not_found(&e) => return,
+            Err(e) => {
+                log::warn!("{} is not a task record and could not be moved aside: {e}", path.display());
+                return;
+            }
+        }
     }
+    log::warn!(
+        "{} is not a task record and could not be moved aside: no free name in {}",
+        path.display(),
+        garbage.display()
+    );
 }
 
 #[cfg(test)]
@@ -358,6 +372,26 @@ mod tests {
         assert_eq!(parse_entry("+000000000000042.t.json"), None);
         assert_eq!(parse_priority_key("+0000000000000000001"), None);
         assert_eq!(Route::parse(&format!("w+{}", "c".repeat(MAX_ROUTE_LEN))), None);
+    }
+
+    #[test]
+    fn setting_aside_never_replaces_what_was_set_aside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let garbage = tmp.path().join("garbage");
+        for (i, dir) in ["a", "b", "c"].iter().enumerate() {
+            let p = tmp.path().join(dir).join("same-name");
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, i.to_string()).expect("plant");
+            set_aside(&garbage, &p);
+            assert!(!p.exists(), "{} was left in place", p.display());
+        }
+        let mut kept: Vec<String> = list_names(&garbage)
+            .expect("garbage")
+            .iter()
+            .map(|n| std::fs::read_to_string(garbage.join(n)).expect("read"))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["0", "1", "2"]);
     }
 
     #[test]
