@@ -917,6 +917,9 @@ fn plan_extract(file: &mut File) -> std::result::Result<Vec<PlanEntry>, String> 
         let kind = entry.header().entry_type();
         let mode = entry.header().mode().unwrap_or(0o644);
         let mtime = entry.header().mtime().unwrap_or(0);
+        if SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(mtime)).is_none() {
+            return Err(format!("entry {} has a modification time ({mtime} s) this system cannot hold", raw.display()));
+        }
         let path = clean_path(&raw)?;
         let planned = match kind {
             tar::EntryType::XGlobalHeader => Planned::Skip,
@@ -1059,8 +1062,10 @@ fn write_plan(file: &mut File, plan: &[PlanEntry], into: &Path) -> std::result::
                     .ctx("create", &dest)?;
                 bytes += io::copy(&mut entry, &mut out).ctx("write", &dest)?;
                 out.set_permissions(std::fs::Permissions::from_mode(mode & 0o777)).ctx("set mode of", &dest)?;
-                let when = SystemTime::UNIX_EPOCH + Duration::from_secs(*mtime);
-                out.set_modified(when).ctx("set time of", &dest)?;
+                // Checked when planned.
+                if let Some(when) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(*mtime)) {
+                    out.set_modified(when).ctx("set time of", &dest)?;
+                }
             }
             Planned::Symlink(target) => {
                 if let Some(parent) = rel.parent() {
@@ -1117,6 +1122,27 @@ mod tests {
         assert_eq!(clean_path(Path::new("./")), Ok(None));
         assert!(clean_path(Path::new("/etc/x")).is_err());
         assert!(clean_path(Path::new("a/../../x")).is_err());
+    }
+
+    #[test]
+    fn a_modification_time_past_the_clock_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let arch = tmp.path().join("a.tar.gz");
+        let mut b =
+            tar::Builder::new(GzEncoder::new(File::create(&arch).expect("create"), flate2::Compression::fast()));
+        let mut h = tar::Header::new_gnu();
+        h.set_path("late.json").expect("path");
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_mtime(u64::MAX);
+        h.set_cksum();
+        b.append(&h, &b"{}"[..]).expect("append");
+        b.into_inner().expect("tar").finish().expect("gzip");
+        let into = tmp.path().join("into");
+        let err = extract(&arch, &into).expect_err("refused");
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("late.json"), "{err}");
+        assert!(!into.exists(), "nothing was written");
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl SessionArgs {
     }
 }
 
-/// Parses a non-negative number of seconds or a duration like `90s`, `5m`.
+/// Parses a non-negative number of seconds or a duration like `90s`, `5m` (at most 100 years).
 pub fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
     crate::time::parse_duration(s)
 }

@@ -128,11 +128,15 @@ impl Error {
     }
 
     /// Builds an [`Error::Malformed`] from a serde_json error about `path`.
+    ///
+    /// serde_json puts an error at the very start of a line (an empty file, a file that
+    /// ends after a newline) at column 0; it is reported as column 1, so positions stay
+    /// 1-based.
     pub fn malformed(path: impl Into<PathBuf>, err: &serde_json::Error) -> Self {
         Error::Malformed {
             path: path.into(),
             line: err.line(),
-            column: err.column(),
+            column: err.column().max(1),
             message: strip_position(&err.to_string()),
         }
     }

@@ -319,9 +319,12 @@ mod tests {
         let cleaner = {
             let (stop, mid, leaf) = (stop.clone(), mid.clone(), leaf.clone());
             std::thread::spawn(move || {
+                // As a receiver does: removes whatever it finds empty, now and then (a
+                // cleaner spinning on another core could starve any creator forever).
                 while !stop.load(Ordering::Relaxed) {
                     let _ = std::fs::remove_dir(&leaf);
                     let _ = std::fs::remove_dir(&mid);
+                    std::thread::sleep(std::time::Duration::from_micros(20));
                 }
             })
         };
@@ -365,6 +368,19 @@ mod tests {
         assert!(msg.contains("bad.json") && msg.contains("line 3"), "{msg}");
         assert_eq!(err.exit_code(), 1);
         assert!(read_json_opt::<serde_json::Value>(&dir.path().join("none.json")).expect("ok").is_none());
+    }
+
+    #[test]
+    fn an_error_at_the_start_of_a_line_has_column_1() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (text, line) in [("", 1), ("{\n", 2)] {
+            let p = dir.path().join("cut.json");
+            std::fs::write(&p, text).expect("plant");
+            match read_json::<serde_json::Value>(&p) {
+                Err(Error::Malformed { line: l, column, .. }) => assert_eq!((l, column), (line, 1), "{text:?}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -214,6 +214,52 @@ pub fn validate_outgoing(msg: &Outgoing) -> Result<()> {
     Ok(())
 }
 
+/// One line of `msgq send --batch` input.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchLine {
+    to: String,
+    #[serde(rename = "type")]
+    msg_type: String,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    priority: i64,
+    #[serde(default)]
+    requires_ack: bool,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// Parses `msgq send --batch` input: one JSON object per line, `{"to", "type", "payload",
+/// "priority", "requires_ack", "from"}`, with `default_from` for lines without `from`.
+/// Blank lines are skipped. Returns each message with its 1-based line number; the first
+/// line that is not a valid message is a usage error naming the line, so a bad line
+/// sends nothing.
+pub fn parse_batch(input: &str, default_from: Option<&str>) -> Result<Vec<(usize, Outgoing)>> {
+    let mut batch = Vec::new();
+    for (i, text) in input.lines().enumerate() {
+        let line = i + 1;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let bad = |why: String| Error::Usage(format!("stdin line {line}: {why}; nothing was sent"));
+        let l: BatchLine = serde_json::from_str(text).map_err(|e| bad(format!("not a valid message ({e})")))?;
+        let from = l.from.as_deref().or(default_from).ok_or_else(|| bad("no \"from\" and no --from".to_string()))?;
+        let msg = Outgoing {
+            from: from.to_string(),
+            to: l.to,
+            msg_type: l.msg_type,
+            payload: l.payload.unwrap_or_else(|| Value::Object(Default::default())),
+            priority: l.priority,
+            requires_ack: l.requires_ack,
+        };
+        validate_outgoing(&msg).map_err(|e| bad(e.to_string()))?;
+        batch.push((line, msg));
+    }
+    Ok(batch)
+}
+
 /// Fails unless `agent` is registered and has not unregistered.
 ///
 /// The common case costs one `stat` (the agent's heartbeat file exists exactly while it

@@ -42,7 +42,15 @@ pub fn set(dir: &SessionDir, key: &str, pointer: &str, value: Value, timeout: Du
     let mut doc = fsio::read_json_opt(&path)?.unwrap_or(Value::Null);
     set_pointer(&mut doc, pointer, value)
         .map_err(|why| Error::Failed(format!("cannot set {pointer:?} in state key {key:?}: {why}")))?;
-    fsio::write_json(&path, &doc)?;
+    let bytes = fsio::to_json_bytes(&doc);
+    // A deep pointer can nest the document past what a JSON reader accepts; written, the
+    // key could never be read (or set) again.
+    if let Err(e) = serde_json::from_slice::<Value>(&bytes) {
+        return Err(Error::Usage(format!(
+            "cannot set {pointer:?} in state key {key:?}: the document would not read back ({e}); nothing was changed"
+        )));
+    }
+    fsio::write_atomic(&path, &bytes)?;
     Ok(doc)
 }
 
@@ -253,6 +261,19 @@ mod tests {
         assert_eq!(null, json!({"x": {"y": true}}));
         set_pointer(&mut null, "", json!(3)).expect("whole");
         assert_eq!(null, json!(3));
+    }
+
+    #[test]
+    fn a_set_too_deep_to_read_back_is_refused() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&crate::layout::Base::new(tmp.path().join("base")), "t").expect("init");
+        let t = Duration::from_secs(5);
+        set(&dir, "k", "/a", json!(1), t).expect("shallow set");
+        let deep = "/x".repeat(200);
+        let err = set(&dir, "k", &deep, json!(1), t).expect_err("too deep");
+        assert_eq!(err.exit_code(), 2, "{err}");
+        assert!(err.to_string().contains("would not read back"), "{err}");
+        assert_eq!(get(&dir, "k").expect("the key still reads"), json!({"a": 1}));
     }
 
     #[test]

@@ -31,7 +31,6 @@ const AGENTS: [&str; 3] = ["a0", "a1", "a2"];
 /// The mailboxes: the agents', and that of `boss`, a sender that is never registered
 /// (its mailbox appears when an `ack` message is sent back to it).
 const BOXES: [&str; 4] = ["a0", "a1", "a2", "boss"];
-const BOSS: usize = 3;
 /// A recipient that never registered.
 const GHOST: &str = "ghost";
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use coord_core::mailbox::{self, Broadcast, Outgoing, Recipients, StopFds, Waited};
 use coord_core::{Error, Result, SessionDir, cli, error::exit, id, output};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 /// Send and receive messages between agents through per-agent mailboxes
@@ -284,23 +284,6 @@ fn watch(dir: &SessionDir, agent: &str, ack: bool) -> Result<u8> {
     }
 }
 
-/// One line of `send --batch` input.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchLine {
-    to: String,
-    #[serde(rename = "type")]
-    msg_type: String,
-    #[serde(default)]
-    payload: Option<Value>,
-    #[serde(default)]
-    priority: i64,
-    #[serde(default)]
-    requires_ack: bool,
-    #[serde(default)]
-    from: Option<String>,
-}
-
 /// What `send --batch` prints per message sent.
 #[derive(Debug, Serialize)]
 struct BatchSent<'a> {
@@ -313,26 +296,7 @@ fn send_batch(dir: &SessionDir, default_from: Option<&str>, recipients: Recipien
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).map_err(|e| Error::io("read", "stdin", e))?;
     // Check everything first: a bad line sends nothing.
-    let mut batch = Vec::new();
-    for (i, text) in input.lines().enumerate() {
-        let line = i + 1;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let bad = |why: String| Error::Usage(format!("stdin line {line}: {why}; nothing was sent"));
-        let l: BatchLine = serde_json::from_str(text).map_err(|e| bad(format!("not a valid message ({e})")))?;
-        let from = l.from.as_deref().or(default_from).ok_or_else(|| bad("no \"from\" and no --from".to_string()))?;
-        let msg = Outgoing {
-            from: from.to_string(),
-            to: l.to,
-            msg_type: l.msg_type,
-            payload: l.payload.unwrap_or_else(|| Value::Object(Default::default())),
-            priority: l.priority,
-            requires_ack: l.requires_ack,
-        };
-        mailbox::validate_outgoing(&msg).map_err(|e| bad(e.to_string()))?;
-        batch.push((line, msg));
-    }
+    let batch = mailbox::parse_batch(&input, default_from)?;
     if recipients == Recipients::Registered {
         let mut checked = std::collections::HashSet::new();
         for (line, msg) in &batch {

@@ -1,6 +1,5 @@
 //! `taskd`: the task queue: submit, claim, complete, assign by strategy, run, work, wait.
 
-use std::io::BufRead;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -264,21 +263,6 @@ fn parse_json_arg(what: &str, text: &str) -> coord_core::Result<Value> {
         .map_err(|e| Error::Usage(format!("{what} {text:?} is not valid JSON ({e}); quote text as '\"text\"'")))
 }
 
-fn read_batch() -> coord_core::Result<Vec<NewTask>> {
-    let mut out = Vec::new();
-    for (n, line) in std::io::stdin().lock().lines().enumerate() {
-        let line = line.map_err(|e| Error::io("read", "stdin", e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let t: NewTask = serde_json::from_str(&line).map_err(|e| {
-            Error::Usage(format!("stdin line {}: not a valid task ({e}); nothing was submitted", n + 1))
-        })?;
-        out.push(t);
-    }
-    Ok(out)
-}
-
 fn main() -> ExitCode {
     let args: Args = cli::parse();
     cli::run("taskd", || {
@@ -287,7 +271,7 @@ fn main() -> ExitCode {
         match args.command {
             Cmd::Submit { id, agent_type, capabilities, priority, after, max_attempts, payload, batch } => {
                 let tasks = if batch {
-                    read_batch()?
+                    task::parse_batch(std::io::stdin().lock())?
                 } else {
                     let payload = payload.map(|p| parse_json_arg("--payload", &p)).transpose()?.unwrap_or(Value::Null);
                     vec![NewTask {

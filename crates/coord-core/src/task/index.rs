@@ -16,6 +16,10 @@ use crate::layout::SessionDir;
 /// Submission numbers per chunk directory.
 pub const CHUNK: u64 = 512;
 
+/// The last submission number the index can name: its chunk must fit the chunk
+/// directory's 12 digits (and so the number itself fits the record name's 16).
+pub const MAX_SEQ: u64 = CHUNK * 1_000_000_000_000 - 1;
+
 /// Separates the type from the capabilities in a route name; ids never contain it.
 const ROUTE_SEP: char = '+';
 /// Stands for "any type" in a route name.
@@ -54,8 +58,11 @@ impl Route {
         Ok(name)
     }
 
-    /// Parses a route directory name.
+    /// Parses a route directory name. Only names [`Route::dir_name`] can give are routes.
     pub fn parse(name: &str) -> Option<Route> {
+        if name.len() > MAX_ROUTE_LEN {
+            return None;
+        }
         let (t, caps) = name.split_once(ROUTE_SEP)?;
         let agent_type =
             if t == ANY_TYPE { None } else { Some(crate::id::validate("agent type", t).ok()?.to_string()) };
@@ -81,7 +88,7 @@ pub fn priority_key(priority: i64) -> String {
 }
 
 fn parse_priority_key(name: &str) -> Option<i64> {
-    if name.len() != 20 {
+    if name.len() != 20 || !name.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let key: u64 = name.parse().ok()?;
@@ -90,6 +97,11 @@ fn parse_priority_key(name: &str) -> Option<i64> {
 
 /// The path of a pending record, relative to `tasks/pending/`.
 pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<String> {
+    if seq > MAX_SEQ {
+        return Err(Error::Failed(format!(
+            "task {id:?}: submission number {seq} is past the last one the pending index can name ({MAX_SEQ})"
+        )));
+    }
     Ok(format!("{}/{}/{:012}/{seq:016}.{id}.json", route.dir_name()?, priority_key(priority), seq / CHUNK))
 }
 
@@ -107,7 +119,7 @@ pub struct Entry {
 fn parse_entry(name: &str) -> Option<(u64, String)> {
     let stem = name.strip_suffix(".json")?;
     let (seq, id) = stem.split_once('.')?;
-    if seq.len() != 16 {
+    if seq.len() != 16 || !seq.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     let seq = seq.parse().ok()?;
@@ -187,10 +199,12 @@ impl RouteCursor {
             }
             let Some(chunk) = self.chunks.pop() else { continue };
             let cdir = self.root.join(&chunk);
-            let prio = chunk.split('/').next().unwrap_or_default().to_string();
+            let (prio, number) = chunk.split_once('/').unwrap_or_default();
+            let (prio, number) = (prio.to_string(), number.parse::<u64>().ok());
             let mut entries = Vec::new();
             for name in list_names(&cdir)? {
-                match parse_entry(&name) {
+                // A record filed in another chunk than its number's would be taken out of order.
+                match parse_entry(&name).filter(|(seq, _)| Some(seq / CHUNK) == number) {
                     Some((seq, id)) => entries.push(Entry { key: (prio.clone(), seq), id, path: cdir.join(&name) }),
                     None => set_aside(&self.garbage, &cdir.join(&name)),
                 }
@@ -290,17 +304,31 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 /// Moves a file that is not a task record out of the store, with a warning. The queue
-/// keeps going whatever happens here.
+/// keeps going whatever happens here. Never replaces anything already set aside: two
+/// names moved in the same millisecond get distinct names.
 pub fn set_aside(garbage: &Path, path: &Path) {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let target =
-        garbage.join(format!("{}.{}.{name}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id()));
-    let _ = std::fs::create_dir_all(garbage);
-    match std::fs::rename(path, &target) {
-        Ok(()) => log::warn!("moved {} aside to {}: it is not a task record", path.display(), target.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => log::warn!("{} is not a task record and could not be moved aside: {e}", path.display()),
+    let stamp = format!("{}.{}", crate::time::unix_ms(std::time::SystemTime::now()), std::process::id());
+    for n in 0..100u32 {
+        let target = garbage.join(if n == 0 { format!("{stamp}.{name}") } else { format!("{stamp}-{n}.{name}") });
+        match crate::fsio::rename_noclobber(path, &target) {
+            Ok(true) => {
+                log::warn!("moved {} aside to {}: it is not a task record", path.display(), target.display());
+                return;
+            }
+            Ok(false) => {}
+            Err(e) if crate::fsio::is_not_found(&e) => return,
+            Err(e) => {
+                log::warn!("{} is not a task record and could not be moved aside: {e}", path.display());
+                return;
+            }
+        }
     }
+    log::warn!(
+        "{} is not a task record and could not be moved aside: no free name in {}",
+        path.display(),
+        garbage.display()
+    );
 }
 
 #[cfg(test)]
@@ -341,5 +369,52 @@ mod tests {
         assert_eq!(parse_entry("42.t.json"), None);
         assert_eq!(parse_entry("0000000000000042.t"), None);
         assert_eq!(parse_entry("0000000000000042..x.json"), None);
+        assert_eq!(parse_entry("+000000000000042.t.json"), None);
+        assert_eq!(parse_priority_key("+0000000000000000001"), None);
+        assert_eq!(Route::parse(&format!("w+{}", "c".repeat(MAX_ROUTE_LEN))), None);
+    }
+
+    #[test]
+    fn setting_aside_never_replaces_what_was_set_aside() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let garbage = tmp.path().join("garbage");
+        for (i, dir) in ["a", "b", "c"].iter().enumerate() {
+            let p = tmp.path().join(dir).join("same-name");
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&p, i.to_string()).expect("plant");
+            set_aside(&garbage, &p);
+            assert!(!p.exists(), "{} was left in place", p.display());
+        }
+        let mut kept: Vec<String> = list_names(&garbage)
+            .expect("garbage")
+            .iter()
+            .map(|n| std::fs::read_to_string(garbage.join(n)).expect("read"))
+            .collect();
+        kept.sort();
+        assert_eq!(kept, ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn the_scan_takes_only_records_filed_where_pending_rel_puts_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&crate::layout::Base::new(tmp.path().join("base")), "t").expect("init");
+        let route = Route::new(None, &[]);
+        let good = pending_rel(&route, 0, 600, "good").expect("name");
+        let key = priority_key(0);
+        let misfiled = format!("~+/{key}/000000000000/0000000000000601.misfiled.json");
+        let plus = format!("~+/+{}/000000000001/0000000000000602.plus.json", &key[1..]);
+        for rel in [&good, &misfiled, &plus] {
+            let path = dir.tasks_pending_dir().join(rel);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, "{}").expect("plant");
+        }
+        let mut scan = PendingScan::open(&dir, |_| true).expect("open");
+        let mut ids = Vec::new();
+        while let Some((i, e)) = scan.peek().expect("peek") {
+            ids.push(e.id);
+            scan.advance(i);
+        }
+        assert_eq!(ids, ["good"]);
+        assert_eq!(list_names(&dir.tasks_garbage_dir()).expect("garbage").len(), 2);
     }
 }

@@ -563,6 +563,23 @@ pub fn submit(dir: &SessionDir, new: Vec<NewTask>, timeout: Duration) -> Result<
     Ok(out)
 }
 
+/// Parses `taskd submit --batch` input: one [`NewTask`] JSON object per line, blank lines
+/// skipped. The first line that is not a valid task is a usage error naming the line.
+pub fn parse_batch(input: impl std::io::BufRead) -> Result<Vec<NewTask>> {
+    let mut out = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| Error::io("read", "stdin", e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let t: NewTask = serde_json::from_str(&line).map_err(|e| {
+            Error::Usage(format!("stdin line {}: not a valid task ({e}); nothing was submitted", n + 1))
+        })?;
+        out.push(t);
+    }
+    Ok(out)
+}
+
 /// Batch order with dependencies first (of the tasks whose dependencies are placed, the
 /// earliest in the batch goes next, so a batch already in dependency order keeps its
 /// order and its `seq`s follow the lines); a cycle is a usage error naming its members.
@@ -612,7 +629,14 @@ fn allocate_seqs(dir: &SessionDir, n: u64, timeout: Duration) -> Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
         Err(e) => return Err(Error::io("read", &path, e)),
     };
-    fsio::write_atomic(&path, format!("{}\n", next + n).as_bytes())?;
+    let end = next.checked_add(n).filter(|&end| end <= index::MAX_SEQ + 1).ok_or_else(|| {
+        Error::Failed(format!(
+            "{} is at {next}: {n} more task(s) would pass the last submission number, {}",
+            path.display(),
+            index::MAX_SEQ
+        ))
+    })?;
+    fsio::write_atomic(&path, format!("{end}\n").as_bytes())?;
     Ok(next)
 }
 

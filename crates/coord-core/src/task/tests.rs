@@ -263,3 +263,26 @@ fn a_worker_beats_often_enough_for_healthmon_whatever_its_lease() {
     assert_eq!(beat_every(Duration::from_millis(1500)), Duration::from_millis(500));
     assert_eq!(beat_every(Duration::ZERO), Duration::from_millis(100));
 }
+
+#[test]
+fn submission_numbers_stop_at_the_last_the_index_can_name() {
+    let (_t, dir) = session();
+    submit(&dir, vec![task("first")], T).expect("creates the store");
+    for (at, ok) in [(u64::MAX, false), (index::MAX_SEQ + 1, false), (index::MAX_SEQ, true)] {
+        std::fs::write(dir.task_seq_file(), format!("{at}\n")).expect("plant tasks/seq");
+        let id = format!("t{ok}");
+        match submit(&dir, vec![task(&id)], T) {
+            Ok(done) => {
+                assert!(ok, "submitted at {at}");
+                assert_eq!(done[0].seq, index::MAX_SEQ);
+                assert_eq!(list(&dir, Status::Pending).expect("list").len(), 2, "the last number is claimable");
+            }
+            Err(e) => {
+                assert!(!ok, "refused at {at}: {e}");
+                assert_eq!(e.exit_code(), 1);
+                assert!(e.to_string().contains("tasks/seq"), "{e}");
+                assert!(show(&dir, &id).is_err(), "nothing was submitted");
+            }
+        }
+    }
+}
