@@ -75,7 +75,9 @@ run_taskd() { # BASE
   awk -v ms="$(ms_since "$t0")" -v idle="$idle" -v n="$jobs" 'BEGIN { printf("%.6f\n", (ms - idle * 1000) / n) }'
   done_n=$(find "$COORD_BASE/$COORD_SESSION/tasks/done" -mindepth 1 -maxdepth 1 | wc -l)
   [ "$done_n" -eq "$jobs" ] || { echo "taskd.sh: taskd completed $done_n of $jobs" >&2; return 1; }
-  rm -rf "${COORD_BASE:?}/$COORD_SESSION"
+  # Sessions are left for the cleanup at exit: on ext4, creating files right after a
+  # mass delete is several times slower (the inode allocator skips recently freed
+  # inodes), which would charge one runner for the previous one's deletion.
   unset COORD_SESSION
 }
 run_xargs() {
@@ -109,7 +111,7 @@ run_nq() {
   NQDIR=$d.1 nq -w 2>/dev/null || true
   NQDIR=$d.2 nq -w 2>/dev/null || true
   ms_since "$t0" "$jobs"
-  rm -rf "$d.1" "$d.2"
+  # Left for the cleanup at exit, as taskd's sessions are (see run_taskd).
 }
 run_pueue() {
   local t0
