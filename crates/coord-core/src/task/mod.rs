@@ -814,7 +814,8 @@ fn take(dir: &SessionDir, e: &index::Entry, agent: &str, opts: &ClaimOptions) ->
     }
     let now = SystemTime::now();
     t.status = if opts.assigned_by.is_some() { "assigned" } else { "claimed" }.to_string();
-    t.attempts += 1;
+    // A record planted with the largest count stays there rather than wrapping to 0.
+    t.attempts = t.attempts.saturating_add(1);
     t.assigned_to = Some(agent.to_string());
     t.assigned_at = Some(time::rfc3339(now));
     t.assigned_by = opts.assigned_by.clone();
@@ -1123,8 +1124,11 @@ pub fn cancel(dir: &SessionDir, id: &str, reason: Option<&str>, timeout: Duratio
 /// died between the rename and the record rewrite): lapsed at once.
 pub fn lease_deadline(dir: &SessionDir, t: &Task) -> Option<SystemTime> {
     let recorded = t.lease_expires_at.as_deref().and_then(time::parse_rfc3339)?;
-    let lease = Duration::from_secs_f64(t.lease_seconds.unwrap_or(0.0).max(0.0));
-    let renewed = t.assigned_to.as_deref().and_then(|a| registry::last_heartbeat(dir, a)).map(|hb| hb + lease);
+    // A record's lease length is a file's word: one too long for a Duration or for the
+    // clock counts as no renewal (the recorded expiry decides), never as a panic.
+    let lease = Duration::try_from_secs_f64(t.lease_seconds.unwrap_or(0.0).max(0.0)).ok();
+    let renewed =
+        t.assigned_to.as_deref().and_then(|a| registry::last_heartbeat(dir, a)).and_then(|hb| hb.checked_add(lease?));
     Some(renewed.map_or(recorded, |r| r.max(recorded)))
 }
 

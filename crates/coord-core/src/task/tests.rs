@@ -286,3 +286,26 @@ fn submission_numbers_stop_at_the_last_the_index_can_name() {
         }
     }
 }
+
+#[test]
+fn extreme_attempts_and_lease_lengths_in_a_record_do_not_panic() {
+    let (_t, dir) = session();
+    agent(&dir, "a", &[]);
+    submit(&dir, vec![NewTask { max_attempts: Some(u32::MAX), ..task("x") }], T).expect("submit");
+    // A pending record that already counts u32::MAX attempts.
+    let (_, path) = locate(&dir, "x").expect("locate").expect("pending");
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    rec["attempts"] = json!(u32::MAX);
+    std::fs::write(&path, serde_json::to_vec(&rec).expect("ser")).expect("plant");
+    let c = claim(&dir, "a", &ClaimOptions::default(), T).expect("claim").expect("some");
+    assert_eq!(c.attempts, u32::MAX, "saturates instead of wrapping");
+    // A claimed record whose lease is longer than any clock can add, with a heartbeat.
+    let (_, path) = locate(&dir, "x").expect("locate").expect("claimed");
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    rec["lease_seconds"] = json!(1e300);
+    std::fs::write(&path, serde_json::to_vec(&rec).expect("ser")).expect("plant");
+    registry::heartbeat(&dir, "a").expect("beat");
+    let t = show(&dir, "x").expect("show");
+    assert_eq!(lease_deadline(&dir, &t).map(|d| d > SystemTime::now()), Some(true), "the recorded expiry decides");
+    assert_eq!(requeue_expired(&dir, T).expect("requeue"), RequeueReport::default());
+}
