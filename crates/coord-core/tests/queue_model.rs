@@ -12,8 +12,8 @@
 //! as the clock passes its deadline; before `requeue_expired` the test waits for that
 //! (at most a millisecond or two).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use coord_core::Error;
@@ -22,8 +22,10 @@ use coord_core::registry::{self, Registration};
 use coord_core::task::{self, ClaimOptions, Holder, NewTask, Progress, Status, Task};
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::json;
+
+use common::{effect, fail, ok};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -466,14 +468,6 @@ impl Model {
 // ---------------------------------------------------------------------------------------
 // Running a case
 
-fn fail(what: impl std::fmt::Display) -> TestCaseError {
-    TestCaseError::fail(what.to_string())
-}
-
-fn ok<T>(r: coord_core::Result<T>, what: &str) -> Result<T, TestCaseError> {
-    r.map_err(|e| fail(format!("{what}: {e}")))
-}
-
 fn refused<T: std::fmt::Debug>(r: coord_core::Result<T>, what: &str) -> Result<Error, TestCaseError> {
     match r {
         Ok(v) => Err(fail(format!("{what}: expected a refusal, got {v:?}"))),
@@ -888,14 +882,6 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// How many operations of each kind took effect (were accepted and changed the store)
-/// over a run, so the generator is seen to reach every transition.
-static EFFECTS: Mutex<BTreeMap<String, usize>> = Mutex::new(BTreeMap::new());
-
-fn effect(kind: impl Into<String>) {
-    *EFFECTS.lock().unwrap_or_else(|p| p.into_inner()).entry(kind.into()).or_default() += 1;
-}
-
 #[test]
 fn the_task_store_behaves_like_the_model() {
     const KINDS: &[&str] = &[
@@ -922,24 +908,5 @@ fn the_task_store_behaves_like_the_model() {
         "wait returns",
         "wait times out",
     ];
-    let config = ProptestConfig { cases: 64, source_file: Some(file!()), ..ProptestConfig::default() };
-    let cases = config.cases;
-    // Every kind of transition must happen somewhere, so a generator that drifts cannot
-    // pass by testing nothing. A rare kind may miss one random round of cases; only
-    // one still missing after four rounds (each with fresh random cases) fails.
-    for round in 1..=4 {
-        let mut runner = TestRunner::new(config.clone());
-        if let Err(e) = runner.run(&prop::collection::vec(op(), 1..50), |ops| run(&ops)) {
-            panic!("{e}\n{runner}");
-        }
-        if cases < 32 {
-            return;
-        }
-        let seen = EFFECTS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let missing: Vec<&str> = KINDS.iter().copied().filter(|k| seen.get(*k).is_none_or(|&n| n == 0)).collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(round < 4, "never {missing:?} in {} cases: {seen:?}", cases * round);
-    }
+    common::run_until_covered(file!(), KINDS, prop::collection::vec(op(), 1..50), |ops| run(&ops));
 }
