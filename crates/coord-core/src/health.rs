@@ -111,7 +111,7 @@ pub fn judge(
         }
         _ => {}
     }
-    if let Some(recorded) = agent.process_inode()
+    if let Some(recorded) = agent.process_inode
         && let Some(now) = sys::process_inode(pid)
         && now != recorded
     {
@@ -205,7 +205,7 @@ pub fn mark_failed(dir: &SessionDir, judged: &Agent, reason: &str, timeout: Dura
         let same = a.registered_at == judged.registered_at
             && a.pid == judged.pid
             && a.process_start == judged.process_start
-            && a.process_inode() == judged.process_inode()
+            && a.process_inode == judged.process_inode
             && a.host == judged.host;
         if same && is_live_status(&a.status) {
             a.status = status::FAILED.to_string();

@@ -96,6 +96,11 @@ pub struct Agent {
     /// The kernel boot id at registration; start times only compare within one boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id: Option<String>,
+    /// The pidfs inode of `pid`'s process at registration (Linux 6.9 and later; see
+    /// [`crate::sys::process_inode`]): with `process_start`, it tells the process apart
+    /// from one that took its pid within the same clock tick.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_inode: Option<u64>,
     /// The seed's resource usage, sampled by healthmon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_usage: Option<ResourceUsage>,
@@ -115,19 +120,6 @@ pub struct Agent {
     /// Fields this version does not know, and fields set with `registry update --set`.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
-}
-
-impl Agent {
-    /// The field holding the pidfs inode of the registered process, kept with the
-    /// fields this version does not model (see [`crate::sys::process_inode`]).
-    pub const PROCESS_INODE: &'static str = "process_inode";
-
-    /// The pidfs inode of the registered process, if recorded: with `pid` and
-    /// `process_start`, it tells the process apart from one that took its pid within the
-    /// same clock tick.
-    pub fn process_inode(&self) -> Option<u64> {
-        self.extra.get(Self::PROCESS_INODE).and_then(Value::as_u64)
-    }
 }
 
 /// The seed's initial `state/global.json`.

@@ -117,15 +117,14 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
         pid: Some(req.pid),
         host: sys::host(),
         process_start: Some(process_start),
+        process_inode: sys::process_inode(req.pid),
         boot_id: sys::boot_id(),
         resource_usage: None,
         last_heartbeat: None,
         terminated_at: None,
         failed_at: None,
         reason: None,
-        extra: sys::process_inode(req.pid)
-            .map(|ino| Map::from_iter([(Agent::PROCESS_INODE.to_string(), Value::from(ino))]))
-            .unwrap_or_default(),
+        extra: Map::new(),
     };
     {
         let _guard = dir.tool_lock(ToolLock::Registry, timeout)?;

@@ -53,6 +53,7 @@ prop_compose! {
         updated_at in proptest::option::of(ts()), capabilities in prop::collection::vec(id(), 0..4),
         assigned_tasks in prop::collection::vec(id(), 0..4), pid in proptest::option::of(any::<u32>()),
         host in text(), process_start in proptest::option::of(any::<u64>()),
+        process_inode in proptest::option::of(any::<u64>()),
         boot_id in proptest::option::of(text()),
         usage in proptest::option::of((text(), text(), any::<u64>(), extra())),
         last_heartbeat in proptest::option::of(ts()), reason in proptest::option::of(text()),
@@ -60,7 +61,7 @@ prop_compose! {
     ) -> Agent {
         Agent {
             id, agent_type, status, registered_at, updated_at, capabilities, assigned_tasks, pid, host,
-            process_start, boot_id,
+            process_start, process_inode, boot_id,
             resource_usage: usage.map(|(cpu, memory, threads, extra)| ResourceUsage { cpu, memory, threads, extra }),
             last_heartbeat, terminated_at: None, failed_at: None, reason, extra,
         }

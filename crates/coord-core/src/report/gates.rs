@@ -253,7 +253,7 @@ fn alive(a: &Agent) -> bool {
     }
     match a.pid {
         Some(pid) if a.host.is_empty() || a.host == crate::sys::host() => {
-            crate::sys::process_alive(pid, a.process_start, a.process_inode())
+            crate::sys::process_alive(pid, a.process_start, a.process_inode)
         }
         _ => true,
     }

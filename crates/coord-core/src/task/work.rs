@@ -200,7 +200,7 @@ fn resolve_program(program: &str) -> PathBuf {
 fn ensure_registered(dir: &SessionDir, opts: &WorkOptions, timeout: Duration) -> Result<bool> {
     let live = |a: &crate::record::Agent| {
         a.host == crate::sys::host()
-            && a.pid.is_some_and(|p| crate::sys::process_alive(p, a.process_start, a.process_inode()))
+            && a.pid.is_some_and(|p| crate::sys::process_alive(p, a.process_start, a.process_inode))
     };
     match registry::show(dir, &opts.agent) {
         Ok(a) if a.status == agent_status::ACTIVE && live(&a) => {
