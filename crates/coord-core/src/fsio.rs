@@ -37,7 +37,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = write_temp(path, bytes)?;
     if !EXCHANGE_UNSUPPORTED.load(Ordering::Relaxed) {
-        match renameat2(tmp.path(), path, libc::RENAME_EXCHANGE) {
+        match exchange(tmp.path(), path) {
             Ok(()) => {
                 // The temporary name now holds the old file; dropping `tmp` removes it.
                 drop(tmp);
