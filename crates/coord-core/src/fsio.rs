@@ -30,8 +30,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 ///
 /// Why not a plain rename: on ext4 a rename that replaces a file starts writeback of
 /// the new file (`auto_da_alloc`), about 0.1 ms per replace, which dominates a task's
-/// bookkeeping. An exchange is not a replace. Without `COORD_FSYNC=1` no write promises
-/// power-loss durability (see docs/layout.md); with it the file is fsynced first as
+/// bookkeeping. An exchange is not a replace, so that writeback does not protect it
+/// either: after a power loss (not a process death) the file can be found empty. Without
+/// `COORD_FSYNC=1` no write promises power-loss durability (see docs/layout.md); with it
+/// the file is fsynced first as
 /// always. Where the exchange is unsupported (NFS, older kernels) or `path` is missing,
 /// this is a plain rename.
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -39,8 +41,8 @@ pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if !EXCHANGE_UNSUPPORTED.load(Ordering::Relaxed) {
         match exchange(tmp.path(), path) {
             Ok(()) => {
-                // The temporary name now holds the old file; dropping `tmp` removes it.
-                drop(tmp);
+                // The temporary name now holds the old file.
+                remove_replaced(tmp);
                 return sync_parent(path);
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)) => {
@@ -55,6 +57,79 @@ pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 static EXCHANGE_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Removes the old version of a replaced file, now under the temporary name `old`: at
+/// once, or later when removal is deferred (see [`DeferredRemoval`]).
+fn remove_replaced(old: tempfile::NamedTempFile) {
+    if !DEFERRED.with_borrow(Option::is_some) {
+        drop(old); // removes the file
+        return;
+    }
+    match old.into_temp_path().keep() {
+        Ok(path) => DEFERRED.with_borrow_mut(|d| d.get_or_insert_with(Vec::new).push(path)),
+        Err(e) => remove_quietly(&e.path),
+    }
+}
+
+fn remove_quietly(path: &Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            log::warn!("could not remove the replaced file {}: {e}", path.display());
+        }
+        _ => {}
+    }
+}
+
+thread_local! {
+    /// Old versions waiting for [`remove_deferred`]; `None` when this thread does not
+    /// defer removal.
+    static DEFERRED: std::cell::RefCell<Option<Vec<PathBuf>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While this guard lives, the old versions that [`replace_atomic`] (and so
+/// [`replace_json`]) leave under a hidden temporary name, when called on this thread, are
+/// kept until the thread calls
+/// [`remove_deferred`] at a moment that suits it, instead of being removed by the writer.
+/// Dropping the guard removes whatever is left.
+///
+/// For loops that can do it while they wait anyway (`taskd work` removes them while its
+/// command runs): removing a file whose blocks were already written out frees them,
+/// and on ext4 mounted with `discard` and without a journal that waits for the device
+/// to discard them (about 0.2 ms). The old version is no longer visible under any name
+/// readers look at, so removing it later changes nothing they can see; a process killed
+/// before the removal leaves a hidden `.<random>.tmp` file, as one killed mid-write
+/// does, which readers and the archive skip.
+#[must_use = "deferral ends when the guard is dropped"]
+#[derive(Debug)]
+pub struct DeferredRemoval {
+    active: bool,
+}
+
+impl DeferredRemoval {
+    /// Starts deferring on this thread (if it already defers, this guard does nothing).
+    pub fn start() -> DeferredRemoval {
+        let active = DEFERRED.with_borrow_mut(|d| d.is_none() && d.replace(Vec::new()).is_none());
+        DeferredRemoval { active }
+    }
+}
+
+impl Drop for DeferredRemoval {
+    fn drop(&mut self) {
+        if self.active {
+            remove_deferred();
+            DEFERRED.with_borrow_mut(Option::take);
+        }
+    }
+}
+
+/// Removes the old versions this thread kept since the last call (see
+/// [`DeferredRemoval`]).
+pub fn remove_deferred() {
+    let paths = DEFERRED.with_borrow_mut(|d| d.as_mut().map(std::mem::take).unwrap_or_default());
+    for path in paths {
+        remove_quietly(&path);
+    }
+}
 
 /// Like [`write_atomic`], but fails with `AlreadyExists` instead of replacing `path`.
 ///
@@ -75,6 +150,13 @@ pub fn create_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
 /// Serializes `value` as pretty JSON (with a final newline) and writes it atomically.
 pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &to_json_bytes(value))
+}
+
+/// Like [`write_json`], but publishes with [`replace_atomic`]: for the files rewritten
+/// once or more per task (the registry), where a replacing rename's writeback on ext4
+/// is a measurable part of a task's cost.
+pub fn replace_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    replace_atomic(path, &to_json_bytes(value))
 }
 
 /// Like [`write_json`], but compact (one line) and serialized straight into the temporary
@@ -308,6 +390,33 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deferred_removal_keeps_old_versions_out_of_sight_until_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("r.json");
+        let count = || std::fs::read_dir(dir.path()).expect("list").count();
+        replace_json(&p, &serde_json::json!({"n": 0})).expect("create");
+        let guard = DeferredRemoval::start();
+        // A second guard while one is active does nothing, and dropping it ends nothing.
+        drop(DeferredRemoval::start());
+        for n in 1..=5 {
+            replace_json(&p, &serde_json::json!({ "n": n })).expect("replace");
+            let now: serde_json::Value = read_json(&p).expect("read");
+            assert_eq!(now["n"], n, "readers see the new version at once");
+        }
+        assert!(count() > 1, "the old versions were removed before they were asked for");
+        remove_deferred();
+        assert_eq!(count(), 1);
+        replace_json(&p, &serde_json::json!({"n": 6})).expect("replace");
+        drop(guard);
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
+        assert_eq!(names, ["r.json"], "dropping the guard removes what is left");
+        // Without a guard, writers remove their old versions themselves again.
+        replace_json(&p, &serde_json::json!({"n": "last"})).expect("replace");
+        assert_eq!(count(), 1);
+    }
 
     #[test]
     fn ensure_dir_survives_a_concurrent_cleaner() {

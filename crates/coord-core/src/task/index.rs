@@ -1,12 +1,16 @@
-//! The pending index: `tasks/pending/<route>/<priority-key>/<chunk>/<seq>.<id>.json`.
+//! The pending index:
+//! `tasks/pending/<route>/<priority-key>/<block>/<chunk>/<seq>.<id>.json`.
 //!
 //! A route is the pair (required agent type, required capabilities), so every task in a
 //! route can be taken by exactly the same agents. The priority key sorts highest priority
-//! first; chunks group 512 consecutive submission numbers. Finding the best task of a
-//! route lists the route (a few priorities), the best priority (the chunks) and the first
-//! chunk (at most 512 names): the cost does not grow with the number of pending tasks
-//! beyond the chunk listing. Empty chunk and priority directories are removed by the
-//! claimer that empties them; writers re-create them (and retry) as needed.
+//! first; chunks group 64 consecutive submission numbers and blocks 64 chunks. Finding
+//! the best task of a route lists the route (a few priorities), the best priority (its
+//! blocks: one per 4096 submissions), the first block (at most 64 chunks) and the first
+//! chunk (at most 64 names). Listing a directory costs in proportion to its names (on
+//! ext4, a hashed directory is read whole and sorted in the kernel), so the levels keep
+//! every listing short: a claim lists about 150 names with 100,000 tasks pending. Empty
+//! chunk, block and priority directories are removed by the claimer that empties them;
+//! writers re-create them (and retry) as needed.
 
 use std::path::{Path, PathBuf};
 
@@ -14,7 +18,10 @@ use crate::error::{Error, Result};
 use crate::layout::SessionDir;
 
 /// Submission numbers per chunk directory.
-pub const CHUNK: u64 = 512;
+pub const CHUNK: u64 = 64;
+
+/// Submission numbers per block directory (64 chunks).
+pub const BLOCK: u64 = CHUNK * 64;
 
 /// The last submission number the index can name: its chunk must fit the chunk
 /// directory's 12 digits (and so the number itself fits the record name's 16).
@@ -102,7 +109,13 @@ pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<S
             "task {id:?}: submission number {seq} is past the last one the pending index can name ({MAX_SEQ})"
         )));
     }
-    Ok(format!("{}/{}/{:012}/{seq:016}.{id}.json", route.dir_name()?, priority_key(priority), seq / CHUNK))
+    Ok(format!(
+        "{}/{}/{:012}/{:012}/{seq:016}.{id}.json",
+        route.dir_name()?,
+        priority_key(priority),
+        seq / BLOCK,
+        seq / CHUNK
+    ))
 }
 
 /// One pending record found by a scan.
@@ -134,10 +147,22 @@ pub struct RouteCursor {
     pub route: Route,
     root: PathBuf,
     garbage: PathBuf,
+    /// Priority keys still to walk, best last.
     priorities: Vec<String>,
+    /// Blocks of the current priority still to walk (`<prio>/<block>`), first last.
+    blocks: Vec<String>,
+    /// Chunks of the current block still to walk (`<prio>/<block>/<chunk>`), first last.
     chunks: Vec<String>,
     entries: Vec<Entry>,
     next: usize,
+}
+
+/// Whether `name` is a 12-digit block or chunk number; the number.
+fn parse_number(name: &str) -> Option<u64> {
+    if name.len() != 12 || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
 }
 
 impl RouteCursor {
@@ -156,6 +181,7 @@ impl RouteCursor {
             root,
             garbage: dir.tasks_garbage_dir(),
             priorities,
+            blocks: Vec::new(),
             chunks: Vec::new(),
             entries: Vec::new(),
             next: 0,
@@ -177,30 +203,47 @@ impl RouteCursor {
         self.next += 1;
     }
 
+    /// Lists the directory `rel` (under the route) for its numbered subdirectories; names
+    /// that are not numbers, or (with `within`) not numbers of the block `within` gives,
+    /// are set aside. Returns them as `rel/<name>`, first last.
+    fn list_numbered(&self, rel: &str, within: Option<u64>) -> Result<Vec<String>> {
+        let dir = self.root.join(rel);
+        let mut names = list_names(&dir)?;
+        names.retain(|n| {
+            let ok = parse_number(n).is_some_and(|k| within.is_none_or(|b| k * CHUNK / BLOCK == b));
+            if !ok {
+                set_aside(&self.garbage, &dir.join(n));
+            }
+            ok
+        });
+        names.sort_by(|a, b| b.cmp(a)); // popped from the end: smallest first
+        Ok(names.into_iter().map(|n| format!("{rel}/{n}")).collect())
+    }
+
     fn load_next_chunk(&mut self) -> Result<bool> {
         loop {
             if self.chunks.is_empty() {
-                let Some(prio) = self.priorities.pop() else { return Ok(false) };
-                let pdir = self.root.join(&prio);
-                let mut chunks = list_names(&pdir)?;
-                chunks.retain(|c| {
-                    let ok = c.len() == 12 && c.bytes().all(|b| b.is_ascii_digit());
-                    if !ok {
-                        set_aside(&self.garbage, &pdir.join(c));
+                if self.blocks.is_empty() {
+                    let Some(prio) = self.priorities.pop() else { return Ok(false) };
+                    self.blocks = self.list_numbered(&prio, None)?;
+                    if self.blocks.is_empty() {
+                        let _ = std::fs::remove_dir(self.root.join(&prio));
+                        continue;
                     }
-                    ok
-                });
-                if chunks.is_empty() {
-                    let _ = std::fs::remove_dir(&pdir);
+                }
+                let Some(block) = self.blocks.pop() else { continue };
+                let number = block.rsplit('/').next().and_then(parse_number);
+                self.chunks = self.list_numbered(&block, number)?;
+                if self.chunks.is_empty() {
+                    // Another writer may be about to use it; it re-creates the directory.
+                    self.remove_emptied(&block);
                     continue;
                 }
-                chunks.sort_by(|a, b| b.cmp(a));
-                self.chunks = chunks.into_iter().map(|c| format!("{prio}/{c}")).collect();
             }
             let Some(chunk) = self.chunks.pop() else { continue };
             let cdir = self.root.join(&chunk);
-            let (prio, number) = chunk.split_once('/').unwrap_or_default();
-            let (prio, number) = (prio.to_string(), number.parse::<u64>().ok());
+            let prio = chunk.split('/').next().unwrap_or_default().to_string();
+            let number = chunk.rsplit('/').next().and_then(parse_number);
             let mut entries = Vec::new();
             for name in list_names(&cdir)? {
                 // A record filed in another chunk than its number's would be taken out of order.
@@ -210,17 +253,31 @@ impl RouteCursor {
                 }
             }
             if entries.is_empty() {
-                // Another writer may be about to use it; it re-creates the directory.
-                let _ = std::fs::remove_dir(&cdir);
-                if self.chunks.is_empty() {
-                    let _ = std::fs::remove_dir(cdir.parent().unwrap_or(&cdir));
-                }
+                self.remove_emptied(&chunk);
                 continue;
             }
             entries.sort();
             self.entries = entries;
             self.next = 0;
             return Ok(true);
+        }
+    }
+
+    /// Removes the emptied directory `rel` and, when this walk has nothing left in them,
+    /// its block and priority directories. Only empty directories are ever removed; a
+    /// writer that finds one gone re-creates it.
+    fn remove_emptied(&self, rel: &str) {
+        let _ = std::fs::remove_dir(self.root.join(rel));
+        let mut parts: Vec<&str> = rel.split('/').collect();
+        while parts.len() > 1 {
+            parts.pop();
+            let level_done = match parts.len() {
+                2 => self.chunks.is_empty(),
+                _ => self.chunks.is_empty() && self.blocks.is_empty(),
+            };
+            if !level_done || std::fs::remove_dir(self.root.join(parts.join("/"))).is_err() {
+                return;
+            }
         }
     }
 }
@@ -272,6 +329,7 @@ impl PendingScan {
     pub fn skip_route(&mut self, i: usize) {
         if let Some(c) = self.cursors.get_mut(i) {
             c.priorities.clear();
+            c.blocks.clear();
             c.chunks.clear();
             c.entries.clear();
             c.next = 0;
@@ -401,9 +459,11 @@ mod tests {
         let route = Route::new(None, &[]);
         let good = pending_rel(&route, 0, 600, "good").expect("name");
         let key = priority_key(0);
-        let misfiled = format!("~+/{key}/000000000000/0000000000000601.misfiled.json");
-        let plus = format!("~+/+{}/000000000001/0000000000000602.plus.json", &key[1..]);
-        for rel in [&good, &misfiled, &plus] {
+        assert_eq!(good, format!("~+/{key}/000000000000/000000000009/0000000000000600.good.json"));
+        let misfiled = format!("~+/{key}/000000000000/000000000000/0000000000000601.misfiled.json");
+        let wrong_block = format!("~+/{key}/000000000001/000000000009/0000000000000603.block.json");
+        let plus = format!("~+/+{}/000000000000/000000000009/0000000000000602.plus.json", &key[1..]);
+        for rel in [&good, &misfiled, &wrong_block, &plus] {
             let path = dir.tasks_pending_dir().join(rel);
             std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
             std::fs::write(&path, "{}").expect("plant");
@@ -415,6 +475,6 @@ mod tests {
             scan.advance(i);
         }
         assert_eq!(ids, ["good"]);
-        assert_eq!(list_names(&dir.tasks_garbage_dir()).expect("garbage").len(), 2);
+        assert_eq!(list_names(&dir.tasks_garbage_dir()).expect("garbage").len(), 3);
     }
 }

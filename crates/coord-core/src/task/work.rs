@@ -21,6 +21,7 @@ use serde_json::Value;
 use super::bell::{Bell, Signals, Wake};
 use super::{ClaimOptions, Holder, Task, Unassign};
 use crate::error::{Error, Result};
+use crate::fsio;
 use crate::layout::SessionDir;
 use crate::record::status as agent_status;
 use crate::registry;
@@ -78,7 +79,9 @@ fn beat(dir: &SessionDir, agent: &str) {
 /// Runs the loop; `report` is called after each task. Returns how many tasks ran.
 ///
 /// One thread does everything: the command's pipes, its exit (a pidfd) and the lease
-/// renewals are multiplexed with poll(2). A finished task leaves the agent's
+/// renewals are multiplexed with poll(2). The old versions of the records and registry
+/// it replaces are removed while the command runs ([`fsio::DeferredRemoval`]), not on the
+/// way to starting it. A finished task leaves the agent's
 /// `assigned_tasks` in the same registry rewrite that adds the next claim (or, when
 /// there is none, before the worker waits or exits).
 pub fn work(
@@ -91,6 +94,7 @@ pub fn work(
         return Err(Error::Usage("taskd work needs a command after --".into()));
     }
     let signals = Signals::install().map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+    let _removal = fsio::DeferredRemoval::start();
     let registered_here = ensure_registered(dir, opts, timeout)?;
     super::ensure_store(dir)?;
     let claim_opts = ClaimOptions { lease: opts.lease, assigned_by: None };
@@ -397,6 +401,10 @@ fn supervise(
         let i_err = slot(err_pipe.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN);
         let _ = slot(pidfd.as_ref().filter(|_| status.is_none()).map(AsRawFd::as_raw_fd), libc::POLLIN);
         let _ = slot((!interrupted).then(|| signals.fd()), libc::POLLIN);
+        if stdin.is_none() {
+            // The command has its input: clean up after the claim while it runs.
+            fsio::remove_deferred();
+        }
         // Without a pidfd (old kernels) the exit is noticed by looking every 5 ms.
         let cap = if pidfd.is_none() && status.is_none() { Duration::from_millis(5) } else { beat_every };
         let wait = next_beat.saturating_duration_since(now).min(cap);
