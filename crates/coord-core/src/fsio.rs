@@ -257,13 +257,19 @@ pub fn is_not_found(err: &Error) -> bool {
 /// between a `mkdir` that found it existing and the check that it is a directory, is
 /// simply created again.
 pub fn ensure_dir(path: &Path) -> Result<()> {
-    const ATTEMPTS: usize = 64;
+    // Bounded, so a path that can never be created fails; generous, and yielding after
+    // the first few tries, so that a cleaner that keeps winning the race on a loaded
+    // machine cannot starve the creator.
+    const ATTEMPTS: usize = 1024;
     let mut last = None;
-    for _ in 0..ATTEMPTS {
+    for attempt in 0..ATTEMPTS {
         match std::fs::create_dir_all(path) {
             Ok(()) => return Ok(()),
             Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::AlreadyExists) => {
                 last = Some(e);
+                if attempt >= 8 {
+                    std::thread::yield_now();
+                }
             }
             Err(e) => return Err(Error::io("create directory", path, e)),
         }
