@@ -57,6 +57,7 @@ input could not be read (listed under errors, with line and column).";
 fn main() -> ExitCode {
     let args: Args = cli::parse();
     cli::run("aggregate", || {
+        coord_core::sys::grow_heap_in_large_steps();
         let dir = args.session.open()?;
         let outcome = report::aggregate(&dir, args.session.lock_timeout())?;
         let c = &outcome.collected;

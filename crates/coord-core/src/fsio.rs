@@ -37,7 +37,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// always. Where the exchange is unsupported (NFS, older kernels) or `path` is missing,
 /// this is a plain rename.
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = write_temp(path, bytes)?;
+    publish(write_temp(path, bytes)?, path)
+}
+
+/// Publishes the complete temporary file `tmp` as `path` (see [`replace_atomic`]).
+fn publish(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     if !EXCHANGE_UNSUPPORTED.load(Ordering::Relaxed) {
         match exchange(tmp.path(), path) {
             Ok(()) => {
@@ -159,28 +163,39 @@ pub fn replace_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()>
     replace_atomic(path, &to_json_bytes(value))
 }
 
-/// Like [`write_json`], but compact (one line) and serialized straight into the temporary
-/// file, so a large document (an aggregate report over 100,000 tasks) is never held in
-/// memory as text, and is about half the size of the pretty form.
-pub fn write_json_streamed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+/// Replaces `path` atomically with what `write` produces, written straight into the
+/// temporary file through a 1 MiB buffer, so a large document (an aggregate report over
+/// 100,000 tasks) is never copied whole, and published as [`replace_atomic`] does (an
+/// exchange: no writeback started on ext4 before it returns; the old version is removed
+/// as usual). A failure removes the temporary file and leaves `path` as it was.
+pub fn replace_with<F>(path: &Path, write: F) -> Result<()>
+where
+    F: FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
+{
     let dir = parent(path);
     let tmp =
         tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
     // Written through the plain file: the temporary file's own writer would add its
     // random name to every error, which names the target already.
-    let mut out = std::io::BufWriter::new(tmp.as_file());
-    serde_json::to_writer(&mut out, value).map_err(|e| {
-        let source = e.io_error_kind().map_or_else(|| std::io::Error::other(e.to_string()), std::io::Error::from);
-        Error::io("write", path, source)
-    })?;
-    out.write_all(b"\n").ctx("write", path)?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+    write(&mut out).ctx("write", path)?;
     out.flush().ctx("write", path)?;
     drop(out);
     if env::fsync_requested() {
-        tmp.as_file().sync_all().ctx("fsync", tmp.path())?;
+        tmp.as_file().sync_all().ctx("fsync", path)?;
     }
-    tmp.persist(path).map_err(|e| Error::io("rename into", path, e.error))?;
-    sync_parent(path)
+    publish(tmp, path)
+}
+
+/// Like [`write_json`], but compact (one line) and serialized straight into the temporary
+/// file ([`replace_with`]), and about half the size of the pretty form.
+pub fn write_json_streamed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
+    replace_with(path, |out| {
+        serde_json::to_writer(&mut *out, value).map_err(|e| {
+            e.io_error_kind().map_or_else(|| std::io::Error::other(e.to_string()), std::io::Error::from)
+        })?;
+        out.write_all(b"\n")
+    })
 }
 
 /// `value` as pretty JSON bytes with a trailing newline.

@@ -12,7 +12,10 @@ mod gates;
 mod render;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -62,18 +65,79 @@ pub struct TaskResult {
     /// The fields the report reads (`error`, `claimed_at`, `completed_at`, `attempt`...),
     /// when present.
     pub fields: Map<String, Value>,
-    raw: Box<RawValue>,
+    /// The document the entry is in, and where: the entry's text is never copied.
+    doc: Arc<String>,
+    span: Range<usize>,
+    /// [`id_hash`] of `id`, computed while parsing (on the reader threads).
+    id_hash: u64,
+}
+
+/// Hashes a task id with a hasher seeded once per process (ids come from files, so
+/// the seed keeps crafted collisions out), the same for every thread.
+fn id_hash(id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    static STATE: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
+    STATE.get_or_init(Default::default).hash_one(id)
+}
+
+/// A task id with its [`id_hash`]: hashing it only passes the hash on.
+#[derive(Clone, Copy)]
+struct IdKey<'a> {
+    hash: u64,
+    id: &'a str,
+}
+
+impl std::hash::Hash for IdKey<'_> {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(self.hash);
+    }
+}
+
+impl PartialEq for IdKey<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.id == other.id
+    }
+}
+
+impl Eq for IdKey<'_> {}
+
+/// The hasher for [`IdKey`]s: the key is already a well-mixed hash.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used; anything else is folded in, so it still hashes.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl TaskResult {
+    /// The entry as written: one JSON object, as parsing it checked.
+    pub fn raw(&self) -> &str {
+        &self.doc[self.span.clone()]
+    }
 }
 
 impl PartialEq for TaskResult {
     fn eq(&self, other: &Self) -> bool {
-        self.raw.get() == other.raw.get()
+        self.raw() == other.raw()
     }
 }
 
 impl Serialize for TaskResult {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.raw.serialize(s)
+        // Checked again only on this path (the views are written by `ResultsView::write_to`).
+        let raw: &RawValue = serde_json::from_str(self.raw()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 
@@ -85,25 +149,38 @@ pub struct AgentResults {
     pub tasks: Vec<TaskResult>,
     /// Seconds the agent spent working (optional; missing counts as 0).
     pub execution_time: Option<f64>,
-    raw: Box<RawValue>,
+    /// The document as written, and where it is without surrounding whitespace.
+    doc: Arc<String>,
+    body: Range<usize>,
+}
+
+impl AgentResults {
+    /// The document as written, without surrounding whitespace: one JSON value, as
+    /// parsing it checked.
+    pub fn raw(&self) -> &str {
+        &self.doc[self.body.clone()]
+    }
 }
 
 impl PartialEq for AgentResults {
     fn eq(&self, other: &Self) -> bool {
-        self.raw.get() == other.raw.get()
+        self.raw() == other.raw()
     }
 }
 
 impl Serialize for AgentResults {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.raw.serialize(s)
+        // Checked again only on this path (the views are written by `ResultsView::write_to`).
+        let raw: &RawValue = serde_json::from_str(self.raw()).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
     }
 }
 
 /// The outer shape of a result file; unknown fields are skipped without being built.
 #[derive(Deserialize)]
-struct FileParts {
-    tasks: Vec<Box<RawValue>>,
+struct FileParts<'a> {
+    #[serde(borrow)]
+    tasks: Vec<&'a RawValue>,
     #[serde(default)]
     execution_time: Option<f64>,
 }
@@ -159,23 +236,48 @@ struct StrictFile {
 
 /// Parses a result file's bytes (`path` names it in errors).
 pub fn parse_result_file(path: &Path, bytes: &[u8]) -> Result<AgentResults> {
-    let raw: Box<RawValue> = fsio::parse_json(path, bytes)?;
-    let parts: FileParts = fsio::parse_json(path, bytes)?;
+    parse_result_text(path, bytes.to_vec())
+}
+
+/// Like [`parse_result_file`], taking the bytes (kept as the document, not copied).
+fn parse_result_text(path: &Path, bytes: Vec<u8>) -> Result<AgentResults> {
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::Failed(format!("not UTF-8 at byte {} (JSON text is UTF-8)", e.utf8_error().valid_up_to()))
+    })?;
+    let doc = Arc::new(text);
+    // One pass checks the whole document (unknown fields are checked as they are skipped,
+    // and nothing may follow it) and finds each task entry in it.
+    let parts: FileParts<'_> = serde_json::from_str(&doc).map_err(|e| Error::malformed(path, &e))?;
+    let base = doc.as_ptr() as usize;
+    let is_space = |c: char| matches!(c, ' ' | '\t' | '\n' | '\r');
+    let start = doc.len() - doc.trim_start_matches(is_space).len();
+    let body = start..doc.trim_end_matches(is_space).len().max(start);
     let mut tasks = Vec::with_capacity(parts.tasks.len());
     for task in parts.tasks {
-        let head: TaskHead = match serde_json::from_str(task.get()) {
+        let text = task.get();
+        // The entry borrows from `doc`: its place is its offset there.
+        let at = text.as_ptr() as usize - base;
+        let head: TaskHead = match serde_json::from_str(text) {
             Ok(h) => h,
             Err(e) => {
                 // Re-read strictly for the position in the file, not in the entry.
-                return Err(match fsio::parse_json::<StrictFile>(path, bytes) {
+                return Err(match fsio::parse_json::<StrictFile>(path, doc.as_bytes()) {
                     Err(strict) => strict,
                     Ok(_) => Error::malformed(path, &e),
                 });
             }
         };
-        tasks.push(TaskResult { id: head.id, status: head.status, fields: head.fields, raw: task });
+        tasks.push(TaskResult {
+            id_hash: id_hash(&head.id),
+            id: head.id,
+            status: head.status,
+            fields: head.fields,
+            doc: Arc::clone(&doc),
+            span: at..at + text.len(),
+        });
     }
-    Ok(AgentResults { tasks, execution_time: parts.execution_time, raw })
+    let execution_time = parts.execution_time;
+    Ok(AgentResults { tasks, execution_time, doc, body })
 }
 
 /// An input that could not be used; the report is incomplete without it.
@@ -277,6 +379,12 @@ pub struct Collected {
     pub spans: Vec<Span>,
     /// The task records (taskd), grouped by status.
     pub tasks: Vec<task::Task>,
+    /// `by_task`'s entries: for each task id, in the order ids first appear (agents by
+    /// id, entries in file order), the position `(agent, entry)` in `by_agent` of its
+    /// last entry, which the seed's `by_task[id] = entry` keeps.
+    pub task_index: Vec<(usize, usize)>,
+    /// [`Collected::summary`], computed once.
+    summary: std::sync::OnceLock<Summary>,
 }
 
 /// The task queue at report time: counts by status from the task records, plus retries.
@@ -292,7 +400,7 @@ pub struct TaskCounts {
 }
 
 /// `state/results.json`: the seed's `{by_agent, by_task, summary}`, borrowed from [`Collected`].
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ResultsView<'a> {
     /// Each agent's result file, as written (unknown fields kept).
     pub by_agent: ByAgent<'a>,
@@ -304,8 +412,25 @@ pub struct ResultsView<'a> {
 }
 
 /// Serializes `by_agent` as a JSON object without copying the results.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ByAgent<'a>(&'a [(String, AgentResults)]);
+
+impl ByAgent<'_> {
+    /// Writes the object as compact JSON, each document copied as written: what
+    /// serializing it gives, without checking every document again.
+    fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"{")?;
+        for (i, (agent, r)) in self.0.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            write_json_str(w, agent)?;
+            w.write_all(b":")?;
+            w.write_all(r.raw().as_bytes())?;
+        }
+        w.write_all(b"}")
+    }
+}
 
 impl Serialize for ByAgent<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -313,9 +438,38 @@ impl Serialize for ByAgent<'_> {
     }
 }
 
+/// Writes `s` as a JSON string, as serde_json writes it: a string with nothing to
+/// escape (no `"`, `\\` or control character, the usual case) is copied as it is.
+fn write_json_str<W: Write>(w: &mut W, s: &str) -> std::io::Result<()> {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        w.write_all(b"\"")?;
+        w.write_all(s.as_bytes())?;
+        w.write_all(b"\"")
+    } else {
+        serde_json::to_writer(w, s).map_err(std::io::Error::other)
+    }
+}
+
 /// Serializes `by_task` as a JSON object without copying the tasks.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ByTask<'a>(Vec<(&'a str, &'a TaskResult)>);
+
+impl ByTask<'_> {
+    /// Writes the object as compact JSON, each entry copied as written: what serializing
+    /// it gives, without checking every entry again.
+    fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"{")?;
+        for (i, (id, t)) in self.0.iter().enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            write_json_str(w, id)?;
+            w.write_all(b":")?;
+            w.write_all(t.raw().as_bytes())?;
+        }
+        w.write_all(b"}")
+    }
+}
 
 impl Serialize for ByTask<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -348,61 +502,61 @@ pub struct FinalReport<'a> {
     pub timestamp: String,
 }
 
+impl ResultsView<'_> {
+    /// Writes the view as one compact JSON object, exactly as `serde_json::to_writer`
+    /// would, but straight from the documents as they were read.
+    pub fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b"{\"by_agent\":")?;
+        self.by_agent.write_to(w)?;
+        w.write_all(b",\"by_task\":")?;
+        self.by_task.write_to(w)?;
+        w.write_all(b",\"summary\":")?;
+        serde_json::to_writer(&mut *w, &self.summary).map_err(std::io::Error::other)?;
+        w.write_all(b"}")
+    }
+}
+
+impl FinalReport<'_> {
+    /// Writes the report as one compact JSON object, exactly as `serde_json::to_writer`
+    /// would (see [`ResultsView::write_to`]).
+    pub fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
+        fn field<W: Write, T: Serialize + ?Sized>(w: &mut W, name: &str, value: &T) -> std::io::Result<()> {
+            write!(w, ",\"{name}\":")?;
+            serde_json::to_writer(&mut *w, value).map_err(std::io::Error::other)
+        }
+        w.write_all(b"{\"session\":")?;
+        serde_json::to_writer(&mut *w, self.session).map_err(std::io::Error::other)?;
+        w.write_all(b",\"results\":")?;
+        self.results.write_to(w)?;
+        field(w, "performance", &self.performance)?;
+        field(w, "agents", &self.agents)?;
+        field(w, "tasks", &self.tasks)?;
+        field(w, "timeline", self.timeline)?;
+        field(w, "complete", &self.complete)?;
+        field(w, "errors", self.errors)?;
+        field(w, "warnings", self.warnings)?;
+        field(w, "timestamp", &self.timestamp)?;
+        w.write_all(b"}")
+    }
+}
+
 impl Collected {
     /// The `{by_agent, by_task, summary}` view.
     pub fn results(&self) -> ResultsView<'_> {
-        let mut index: HashMap<&str, usize> =
-            HashMap::with_capacity(self.by_agent.iter().map(|(_, r)| r.tasks.len()).sum());
-        let mut by_task: Vec<(&str, &TaskResult)> = Vec::new();
-        for (_, results) in &self.by_agent {
-            for task in &results.tasks {
-                let entry = task;
-                match index.get(task.id.as_str()) {
-                    // The seed assigns by_task[id] per entry, so the last one wins.
-                    Some(&i) => by_task[i].1 = entry,
-                    None => {
-                        index.insert(&task.id, by_task.len());
-                        by_task.push((&task.id, entry));
-                    }
-                }
-            }
-        }
+        let by_task = self
+            .task_index
+            .iter()
+            .map(|&(a, t)| {
+                let task = &self.by_agent[a].1.tasks[t];
+                (task.id.as_str(), task)
+            })
+            .collect();
         ResultsView { by_agent: ByAgent(&self.by_agent), by_task: ByTask(by_task), summary: self.summary() }
     }
 
     /// Totals over the readable result files.
     pub fn summary(&self) -> Summary {
-        let mut s = Summary {
-            total_tasks: 0,
-            completed_tasks: 0,
-            failed_tasks: 0,
-            total_time: 0.0,
-            agents_used: self.by_agent.len() as u64,
-            by_status: BTreeMap::new(),
-            unreadable_files: self.errors.iter().filter(|e| e.file.starts_with("results/")).count() as u64,
-        };
-        for (_, r) in &self.by_agent {
-            s.total_tasks += r.tasks.len() as u64;
-            s.total_time += r.execution_time.unwrap_or(0.0);
-            for t in &r.tasks {
-                match s.by_status.get_mut(t.status.as_str()) {
-                    Some(n) => *n += 1,
-                    None => {
-                        s.by_status.insert(t.status.clone(), 1);
-                    }
-                }
-                match t.status.as_str() {
-                    "completed" => s.completed_tasks += 1,
-                    "failed" => s.failed_tasks += 1,
-                    _ => {}
-                }
-            }
-        }
-        if !s.total_time.is_finite() {
-            // Only reachable with absurd inputs (sums beyond 1e308); keep the report JSON.
-            s.total_time = f64::MAX;
-        }
-        s
+        self.summary.get_or_init(|| summarize(&self.by_agent, &self.errors)).clone()
     }
 
     /// The seed's rates, `null` where the denominator is zero.
@@ -451,14 +605,26 @@ impl Collected {
 
     /// The final report, stamped with `timestamp`.
     pub fn final_report(&self, timestamp: String) -> FinalReport<'_> {
-        let results = self.results();
+        self.final_report_of(self.results(), self.agent_rows(), self.task_counts(), timestamp)
+    }
+
+    /// The final report, stamped with `timestamp`, from its parts made beforehand (see
+    /// [`aggregate`]): `results` must be [`Collected::results`], `agents`
+    /// [`Collected::agent_rows`] and `tasks` [`Collected::task_counts`].
+    fn final_report_of<'a>(
+        &'a self,
+        results: ResultsView<'a>,
+        agents: Vec<AgentRow>,
+        tasks: TaskCounts,
+        timestamp: String,
+    ) -> FinalReport<'a> {
         let performance = performance(&results.summary);
         FinalReport {
             session: &self.session,
             results,
             performance,
-            agents: self.agent_rows(),
-            tasks: self.task_counts(),
+            agents,
+            tasks,
             timeline: &self.spans,
             complete: self.errors.is_empty(),
             errors: &self.errors,
@@ -480,6 +646,41 @@ impl Collected {
     pub fn complete(&self) -> bool {
         self.errors.is_empty()
     }
+}
+
+/// Totals over the readable result files (see [`Collected::summary`]).
+fn summarize(by_agent: &[(String, AgentResults)], errors: &[ReportError]) -> Summary {
+    let mut s = Summary {
+        total_tasks: 0,
+        completed_tasks: 0,
+        failed_tasks: 0,
+        total_time: 0.0,
+        agents_used: by_agent.len() as u64,
+        by_status: BTreeMap::new(),
+        unreadable_files: errors.iter().filter(|e| e.file.starts_with("results/")).count() as u64,
+    };
+    for (_, r) in by_agent {
+        s.total_tasks += r.tasks.len() as u64;
+        s.total_time += r.execution_time.unwrap_or(0.0);
+        for t in &r.tasks {
+            match s.by_status.get_mut(t.status.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    s.by_status.insert(t.status.clone(), 1);
+                }
+            }
+            match t.status.as_str() {
+                "completed" => s.completed_tasks += 1,
+                "failed" => s.failed_tasks += 1,
+                _ => {}
+            }
+        }
+    }
+    if !s.total_time.is_finite() {
+        // Only reachable with absurd inputs (sums beyond 1e308); keep the report JSON.
+        s.total_time = f64::MAX;
+    }
+    s
 }
 
 /// The seed's rates from a summary, with zero denominators giving `None`.
@@ -510,20 +711,39 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
             Vec::new()
         }
     };
+    let started = std::time::Instant::now();
     let by_agent = read_result_files(dir, &mut errors)?;
-    let tasks = match task::list_all(dir) {
-        Ok(t) => t,
-        Err(e) => {
-            errors.push(error_entry(dir, &dir.tasks_dir(), &e));
-            Vec::new()
-        }
-    };
-    let mut spans = spans_from_results(&by_agent);
-    spans.extend(spans_from_tasks(&tasks));
-    spans.sort_by(|a, b| (&a.agent, a.start_ms, &a.task, a.attempt).cmp(&(&b.agent, b.start_ms, &b.task, b.attempt)));
-    duplicate_warnings(&by_agent, &mut warnings);
+    log::debug!("read {} result files in {:.1} ms", by_agent.len(), started.elapsed().as_secs_f64() * 1e3);
+    let started = std::time::Instant::now();
+    // The task index and the task records are independent: one thread each.
+    let (task_index, tasks, spans, summary) = std::thread::scope(|s| {
+        let index = s.spawn(|| index_tasks(&by_agent));
+        let tasks = match task::list_all(dir) {
+            Ok(t) => t,
+            Err(e) => {
+                errors.push(error_entry(dir, &dir.tasks_dir(), &e));
+                Vec::new()
+            }
+        };
+        let mut spans = spans_from_results(&by_agent);
+        spans.extend(spans_from_tasks(&tasks));
+        spans.sort_by(|a, b| {
+            (&a.agent, a.start_ms, &a.task, a.attempt).cmp(&(&b.agent, b.start_ms, &b.task, b.attempt))
+        });
+        let summary = summarize(&by_agent, &errors);
+        (index.join(), tasks, spans, summary)
+    });
+    let (task_index, duplicates) =
+        task_index.map_err(|_| Error::Failed("indexing the task entries failed unexpectedly".into()))?;
+    warnings.extend(duplicates);
     errors.sort_by(|a, b| a.file.cmp(&b.file));
-    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks })
+    log::debug!(
+        "read {} task records and built the timeline in {:.1} ms",
+        tasks.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    let summary = std::sync::OnceLock::from(summary);
+    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks, task_index, summary })
 }
 
 fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<Vec<(String, AgentResults)>> {
@@ -556,6 +776,9 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
         names.push(name.to_string());
     }
     names.sort();
+    // Files are opened relative to the directory: no path walk per file.
+    let results_fd = std::fs::File::open(&results_dir).ctx("open", &results_dir)?;
+    let within = Some(&results_fd);
     // Parsing dominates; two halves in parallel, joined back in name order.
     let read_all = |names: &[String]| -> Vec<std::result::Result<(String, AgentResults), ReportError>> {
         names
@@ -563,7 +786,8 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
             .map(|name| {
                 if let Some(agent) = SessionDir::result_log_agent(name) {
                     let path = results_dir.join(name);
-                    return read_result_log(&path)
+                    return read_regular_file(within, &path)
+                        .and_then(|bytes| parse_result_log(&path, &bytes))
                         .map(|r| (agent.to_string(), r))
                         .map_err(|e| error_entry(dir, &path, &e));
                 }
@@ -578,7 +802,10 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
                     });
                 };
                 let path = results_dir.join(name);
-                read_result_file(&path).map(|r| (agent.to_string(), r)).map_err(|e| error_entry(dir, &path, &e))
+                read_regular_file(within, &path)
+                    .and_then(|bytes| check_result_file(&path, bytes))
+                    .map(|r| (agent.to_string(), r))
+                    .map_err(|e| error_entry(dir, &path, &e))
             })
             .collect()
     };
@@ -609,11 +836,10 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
 /// in progress and is left for the next read; a line that does not parse is an error
 /// naming its line.
 pub fn read_result_log(path: &Path) -> Result<AgentResults> {
-    let meta = std::fs::symlink_metadata(path).ctx("inspect", path)?;
-    if !meta.is_file() {
-        return Err(Error::Failed("not a regular file (result files are never followed through links)".into()));
-    }
-    let bytes = std::fs::read(path).ctx("read", path)?;
+    parse_result_log(path, &read_regular_file(None, path)?)
+}
+
+fn parse_result_log(path: &Path, bytes: &[u8]) -> Result<AgentResults> {
     let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut parts = Vec::new();
     for (n, line) in bytes[..complete].split(|&b| b == b'\n').enumerate() {
@@ -642,7 +868,7 @@ impl AgentResults {
             return Ok(parts.remove(0));
         }
         let mut doc: Map<String, Value> = match parts.first() {
-            Some(first) => serde_json::from_str(first.raw.get()).unwrap_or_default(),
+            Some(first) => serde_json::from_str(first.raw()).unwrap_or_default(),
             None => Map::new(),
         };
         let mut tasks = Vec::new();
@@ -653,29 +879,68 @@ impl AgentResults {
             }
             tasks.extend(p.tasks);
         }
-        let raw_tasks: Vec<&RawValue> = tasks.iter().map(|t| &*t.raw).collect();
-        doc.insert("tasks".into(), serde_json::to_value(&raw_tasks).map_err(|e| Error::Failed(e.to_string()))?);
+        doc.insert("tasks".into(), serde_json::to_value(&tasks).map_err(|e| Error::Failed(e.to_string()))?);
         doc.insert("execution_time".into(), serde_json::json!(time.unwrap_or(0.0)));
-        let raw = serde_json::value::to_raw_value(&doc).map_err(|e| Error::Failed(e.to_string()))?;
-        Ok(AgentResults { tasks, execution_time: time.or(Some(0.0)), raw })
+        let raw = serde_json::to_string(&doc).map_err(|e| Error::Failed(e.to_string()))?;
+        let body = 0..raw.len();
+        Ok(AgentResults { tasks, execution_time: time.or(Some(0.0)), doc: Arc::new(raw), body })
     }
 }
 
 /// Reads and checks one result file. Symlinks are not followed: a result file is a
 /// regular file its agent wrote.
 pub fn read_result_file(path: &Path) -> Result<AgentResults> {
-    let meta = std::fs::symlink_metadata(path).ctx("inspect", path)?;
-    if !meta.is_file() {
-        return Err(Error::Failed("not a regular file (result files are never followed through links)".into()));
-    }
-    let bytes = std::fs::read(path).ctx("read", path)?;
-    let r = parse_result_file(path, &bytes)?;
+    check_result_file(path, read_regular_file(None, path)?)
+}
+
+fn check_result_file(path: &Path, bytes: Vec<u8>) -> Result<AgentResults> {
+    let r = parse_result_text(path, bytes)?;
     if let Some(t) = r.execution_time
         && !(t.is_finite() && t >= 0.0)
     {
         return Err(Error::Failed(format!("execution_time is {t}; it must be a number of seconds >= 0")));
     }
     Ok(r)
+}
+
+/// Reads a result file that must be a regular file, never through a symlink: opened
+/// with `O_NOFOLLOW` (and `O_NONBLOCK`, so a FIFO planted there cannot block the
+/// report), checked with `fstat`, and read in one call of its size (four system calls).
+/// With `within` (the directory `path` is in), it is opened relative to it, without
+/// walking the path again. A file that grows meanwhile is read as it was (a results
+/// log's last line may then be cut, and is left for the next read, as a line still
+/// being appended is).
+fn read_regular_file(within: Option<&std::fs::File>, path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let not_regular = || Error::Failed("not a regular file (result files are never followed through links)".into());
+    let (dirfd, name) = match (within, path.file_name()) {
+        (Some(d), Some(name)) => (d.as_raw_fd(), Path::new(name)),
+        _ => (libc::AT_FDCWD, path),
+    };
+    let cname = std::ffi::CString::new(name.as_os_str().as_bytes())
+        .map_err(|_| Error::Failed("the path contains a NUL byte".into()))?;
+    // SAFETY: `cname` is a valid NUL-terminated string; `dirfd` is open or AT_FDCWD.
+    let fd = unsafe {
+        libc::openat(dirfd, cname.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+    };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(if e.raw_os_error() == Some(libc::ELOOP) { not_regular() } else { Error::io("open", path, e) });
+    }
+    // SAFETY: `fd` was just opened and is owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let meta = file.metadata().ctx("inspect", path)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(size).map_err(|_| Error::Failed(format!("too large to read ({size} bytes)")))?;
+    // `take` stops at the size fstat gave: one read(2) for the whole file.
+    (&mut file).take(size as u64).read_to_end(&mut bytes).ctx("read", path)?;
+    Ok(bytes)
 }
 
 fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
@@ -688,34 +953,48 @@ fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
     }
 }
 
-fn duplicate_warnings(by_agent: &[(String, AgentResults)], warnings: &mut Vec<String>) {
-    let mut first: HashMap<&str, &str> = HashMap::new();
+/// Builds [`Collected::task_index`] in one pass, and warns about every task id that more
+/// than one agent reports (naming the agents in order; by_task keeps the last one's).
+fn index_tasks(by_agent: &[(String, AgentResults)]) -> (Vec<(usize, usize)>, Vec<String>) {
+    let total = by_agent.iter().map(|(_, r)| r.tasks.len()).sum();
+    // Slot of each id in `index`, and the agent that reported it first; the ids were
+    // hashed while the files were parsed.
+    let mut slots: HashMap<IdKey<'_>, (usize, usize), std::hash::BuildHasherDefault<PassThrough>> =
+        HashMap::with_capacity_and_hasher(total, Default::default());
+    let mut index: Vec<(usize, usize)> = Vec::with_capacity(total);
     let mut dups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (agent, r) in by_agent {
-        for t in &r.tasks {
-            match first.get(t.id.as_str()) {
-                None => {
-                    first.insert(&t.id, agent);
+    for (a, (agent, r)) in by_agent.iter().enumerate() {
+        for (t, task) in r.tasks.iter().enumerate() {
+            match slots.entry(IdKey { hash: task.id_hash, id: &task.id }) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert((index.len(), a));
+                    index.push((a, t));
                 }
-                Some(&a) if a != agent.as_str() => {
-                    let agents = dups.entry(&t.id).or_insert_with(|| vec![a]);
-                    if agents.last() != Some(&agent.as_str()) {
-                        agents.push(agent);
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    let (slot, first) = *o.get();
+                    // The seed assigns by_task[id] per entry, so the last one wins.
+                    index[slot] = (a, t);
+                    if first != a {
+                        let agents = dups.entry(&task.id).or_insert_with(|| vec![by_agent[first].0.as_str()]);
+                        if agents.last() != Some(&agent.as_str()) {
+                            agents.push(agent);
+                        }
                     }
                 }
-                Some(_) => {}
             }
         }
     }
-    for (task, agents) in dups {
-        {
-            warnings.push(format!(
+    let warnings = dups
+        .into_iter()
+        .map(|(task, agents)| {
+            format!(
                 "task {task:?} is reported by agents {}; by_task keeps the entry of {}",
                 agents.join(", "),
                 agents.last().copied().unwrap_or_default()
-            ));
-        }
-    }
+            )
+        })
+        .collect();
+    (index, warnings)
 }
 
 /// Timeline bars from result entries that carry their own times (`started_at` or
@@ -810,18 +1089,34 @@ pub fn aggregate(dir: &SessionDir, timeout: Duration) -> Result<Outcome> {
     let timestamp = crate::time::now_rfc3339();
     let written = collected.session.status != status::SESSION_COMPLETED;
     if written {
-        let report = collected.final_report(timestamp.clone());
-        // The two large files are independent: write them on two threads.
+        let started = std::time::Instant::now();
+        let view = collected.results();
+        // The two large files are independent: one thread each, each writing straight
+        // from the documents as read; the rest of the report is built meanwhile.
         let (view_written, report_written) = std::thread::scope(|s| {
-            let view = s.spawn(|| -> Result<()> {
+            let view = &view;
+            let written = s.spawn(move || -> Result<()> {
                 let _guard = dir.lock(RESULTS_KEY, timeout)?;
-                fsio::write_json_streamed(&dir.results_view(), &report.results)
+                fsio::replace_with(&dir.results_view(), |w| {
+                    view.write_to(w)?;
+                    w.write_all(b"\n")
+                })
             });
-            let report = fsio::write_json_streamed(&dir.final_report(), &report);
-            (view.join(), report)
+            let report = collected.final_report_of(
+                view.clone(),
+                collected.agent_rows(),
+                collected.task_counts(),
+                timestamp.clone(),
+            );
+            let report = fsio::replace_with(&dir.final_report(), |w| {
+                report.write_to(w)?;
+                w.write_all(b"\n")
+            });
+            (written.join(), report)
         });
         view_written.map_err(|_| Error::Failed("writing state/results.json failed unexpectedly".into()))??;
         report_written?;
+        log::debug!("wrote the results view and the final report in {:.1} ms", started.elapsed().as_secs_f64() * 1e3);
         if !collected.tasks.is_empty() {
             // The seed's views of the queue: state/tasks.json and operation_progress.
             task::refresh_view(dir, &collected.tasks, timeout)?;
@@ -893,6 +1188,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_hand_written_serializations_match_serde() {
+        let (_t, c) = collected(&[
+            (
+                "a.json",
+                r#"{"tasks": [{"id": "t1", "status": "completed", "claimed_at": "2026-01-01T00:00:00Z", "completed_at": "2026-01-01T00:00:02Z"}, {"id": "t\"2", "status": "failed", "error": "boom"}], "execution_time": 3}"#,
+            ),
+            ("b.json", r#"{"tasks": [{"id": "t1", "status": "skipped"}], "note": {"x": [1, 2.5, null]}}"#),
+            ("broken.json", "{"),
+        ]);
+        let report = c.final_report("2026-01-01T00:00:03Z".into());
+        let mut view = Vec::new();
+        report.results.write_to(&mut view).expect("write");
+        assert_eq!(String::from_utf8(view).expect("utf8"), serde_json::to_string(&report.results).expect("ser"));
+        let mut whole = Vec::new();
+        report.write_to(&mut whole).expect("write");
+        assert_eq!(String::from_utf8(whole).expect("utf8"), serde_json::to_string(&report).expect("ser"));
     }
 
     #[test]
