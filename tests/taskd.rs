@@ -712,17 +712,23 @@ fn bad_input_gets_a_clear_error_and_garbage_is_set_aside() {
     let tasks = env.dir().join("tasks");
     std::fs::write(tasks.join("pending/not-a-route"), b"junk").expect("plant");
     let route = tasks.join("pending/~+");
-    let prio = std::fs::read_dir(&route).expect("route").next().expect("prio").expect("entry").path();
-    let chunk = std::fs::read_dir(&prio).expect("prio").next().expect("chunk").expect("entry").path();
-    std::fs::write(chunk.join("garbage.txt"), b"junk").expect("plant");
+    let first = |d: &std::path::Path| std::fs::read_dir(d).expect("list").next().expect("one").expect("entry").path();
+    let block = first(&first(&route));
+    let chunk = first(&block);
+    std::fs::write(block.join("garbage.txt"), b"junk").expect("plant");
     std::fs::write(chunk.join("0000000000000000.aaa.json"), b"{not json").expect("plant");
+    // A well-formed record with no locator (tasks/ids/) was not submitted: it is set
+    // aside, not skipped on every claim.
+    std::fs::write(chunk.join("0000000000000000.stray.json"), b"{\"id\": \"stray\", \"status\": \"pending\"}")
+        .expect("plant");
     std::fs::write(tasks.join("claimed/zzz.json"), b"[1,2").expect("plant");
     let out = env.cmd("taskd").args(["claim", "a"]).ok();
     assert_eq!(out.json()["id"], "good1");
-    out.stderr_has(&["moved", "aside"]);
+    out.stderr_has(&["moved", "aside", "no locator"]);
     env.cmd("taskd").args(["list"]).ok();
     assert_eq!(claim(&env, "a").expect("good2")["id"], "good2");
     let garbage = std::fs::read_dir(tasks.join("garbage")).expect("garbage").count();
-    assert_eq!(garbage, 4, "every planted file was moved aside");
+    assert_eq!(garbage, 5, "every planted file was moved aside");
+    assert!(!chunk.join("0000000000000000.stray.json").exists());
     assert!(!tasks.join("claimed/zzz.json").exists());
 }

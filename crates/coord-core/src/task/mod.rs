@@ -792,7 +792,21 @@ pub fn claim_wait(
 
 /// Takes one pending entry for `agent` if nobody else is: try-lock, rename, rewrite.
 fn take(dir: &SessionDir, e: &index::Entry, agent: &str, opts: &ClaimOptions) -> Result<Option<Task>> {
-    let Some(guard) = try_task_lock(dir, &e.id)? else { return Ok(None) };
+    let guard = match lock::try_acquire_existing(&dir.task_id_file(&e.id)) {
+        Ok(Some(guard)) => guard,
+        Ok(None) => return Ok(None),
+        Err(err) if fsio::is_not_found(&err) => {
+            // Submit writes the locator before the record and nothing removes it, so a
+            // pending record without one was not put there by taskd: set it aside rather
+            // than skip it on every scan.
+            if std::fs::symlink_metadata(&e.path).is_ok() {
+                log::warn!("{} has no locator ({}): not a task of this store", e.path.display(), err);
+                index::set_aside(&dir.tasks_garbage_dir(), &e.path);
+            }
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
+    };
     let mut t: Task = match fsio::read_json(&e.path) {
         Ok(t) => t,
         Err(err) if fsio::is_not_found(&err) => return Ok(None),
