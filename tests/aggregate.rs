@@ -95,6 +95,12 @@ fn malformed_result_files_are_listed_and_the_rest_is_reported() {
     std::fs::write(env.dir().join("results/w4.json"), "{\"tasks\": [{\"id\": \"t8\"}], \"execution_time\": 1}")
         .expect("plant");
     std::fs::write(env.dir().join("results/w5.json"), "{\"tasks\": [], \"execution_time\": -3}").expect("plant");
+    // Not UTF-8 (in a key the fast path skips), and a FIFO, which must not be waited on.
+    std::fs::write(env.dir().join("results/w6.json"), b"{\"tasks\": [], \"n\xffte\": 1}").expect("plant");
+    let fifo =
+        std::ffi::CString::new(env.dir().join("results/w7.json").into_os_string().into_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0, "mkfifo");
     let out = env.cmd("aggregate").code(4);
     out.stderr_has(&["results/w3.json", "line 3", "incomplete"]);
     let line = out.json();
@@ -103,12 +109,14 @@ fn malformed_result_files_are_listed_and_the_rest_is_reported() {
     assert_eq!(report["complete"], false);
     let errors = report["errors"].as_array().expect("errors");
     let files: Vec<&str> = errors.iter().filter_map(|e| e["file"].as_str()).collect();
-    assert_eq!(files, ["results/w3.json", "results/w4.json", "results/w5.json"]);
+    assert_eq!(files, ["results/w3.json", "results/w4.json", "results/w5.json", "results/w6.json", "results/w7.json"]);
     assert_eq!((errors[0]["line"].as_u64(), errors[0]["column"].as_u64()), (Some(3), Some(17)));
     assert!(errors[1]["message"].as_str().expect("msg").contains("status"), "{}", errors[1]);
     assert!(errors[2]["message"].as_str().expect("msg").contains("execution_time"), "{}", errors[2]);
+    assert!(errors[3]["message"].as_str().expect("msg").contains("UTF-8"), "{}", errors[3]);
+    assert!(errors[4]["message"].as_str().expect("msg").contains("not a regular file"), "{}", errors[4]);
     assert_eq!(report["results"]["summary"]["total_tasks"], 4, "the good files are still counted");
-    assert_eq!(report["results"]["summary"]["unreadable_files"], 3);
+    assert_eq!(report["results"]["summary"]["unreadable_files"], 5);
     // The files themselves are left as they were.
     let text = std::fs::read_to_string(env.dir().join("results/w3.json")).expect("read");
     assert!(text.contains(",,"));
