@@ -385,6 +385,8 @@ pub struct Collected {
     pub task_index: Vec<(usize, usize)>,
     /// [`Collected::summary`], computed once.
     summary: std::sync::OnceLock<Summary>,
+    /// [`Collected::agent_rows`], computed once.
+    agent_rows: std::sync::OnceLock<Vec<AgentRow>>,
 }
 
 /// The task queue at report time: counts by status from the task records, plus retries.
@@ -487,7 +489,7 @@ pub struct FinalReport<'a> {
     /// Rates; `null` where undefined.
     pub performance: Performance,
     /// The per-agent table (registry joined with results), sorted by id.
-    pub agents: Vec<AgentRow>,
+    pub agents: &'a [AgentRow],
     /// The task queue's records, counted.
     pub tasks: TaskCounts,
     /// Timeline bars (task claims and completions per agent).
@@ -567,54 +569,25 @@ impl Collected {
 
     /// The per-agent table: every registered agent and every agent with a result file.
     pub fn agent_rows(&self) -> Vec<AgentRow> {
-        let mut rows: BTreeMap<&str, AgentRow> = BTreeMap::new();
-        for a in &self.agents {
-            rows.insert(
-                &a.id,
-                AgentRow {
-                    id: a.id.clone(),
-                    agent_type: Some(a.agent_type.clone()),
-                    status: Some(a.status.clone()),
-                    has_results: false,
-                    tasks: 0,
-                    completed: 0,
-                    failed: 0,
-                    execution_time: 0.0,
-                },
-            );
-        }
-        for (agent, r) in &self.by_agent {
-            let row = rows.entry(agent).or_insert_with(|| AgentRow {
-                id: agent.clone(),
-                agent_type: None,
-                status: None,
-                has_results: false,
-                tasks: 0,
-                completed: 0,
-                failed: 0,
-                execution_time: 0.0,
-            });
-            row.has_results = true;
-            row.tasks = r.tasks.len() as u64;
-            row.completed = r.tasks.iter().filter(|t| t.status == "completed").count() as u64;
-            row.failed = r.tasks.iter().filter(|t| t.status == "failed").count() as u64;
-            row.execution_time = r.execution_time.unwrap_or(0.0);
-        }
-        rows.into_values().collect()
+        self.agent_table().to_vec()
+    }
+
+    /// [`Collected::agent_rows`], computed once and borrowed.
+    pub fn agent_table(&self) -> &[AgentRow] {
+        self.agent_rows.get_or_init(|| agent_rows(&self.agents, &self.by_agent))
     }
 
     /// The final report, stamped with `timestamp`.
     pub fn final_report(&self, timestamp: String) -> FinalReport<'_> {
-        self.final_report_of(self.results(), self.agent_rows(), self.task_counts(), timestamp)
+        self.final_report_of(self.results(), self.task_counts(), timestamp)
     }
 
     /// The final report, stamped with `timestamp`, from its parts made beforehand (see
-    /// [`aggregate`]): `results` must be [`Collected::results`], `agents`
-    /// [`Collected::agent_rows`] and `tasks` [`Collected::task_counts`].
+    /// [`aggregate`]): `results` must be [`Collected::results`] and `tasks`
+    /// [`Collected::task_counts`].
     fn final_report_of<'a>(
         &'a self,
         results: ResultsView<'a>,
-        agents: Vec<AgentRow>,
         tasks: TaskCounts,
         timestamp: String,
     ) -> FinalReport<'a> {
@@ -623,7 +596,7 @@ impl Collected {
             session: &self.session,
             results,
             performance,
-            agents,
+            agents: self.agent_table(),
             tasks,
             timeline: &self.spans,
             complete: self.errors.is_empty(),
@@ -646,6 +619,44 @@ impl Collected {
     pub fn complete(&self) -> bool {
         self.errors.is_empty()
     }
+}
+
+/// The per-agent table (see [`Collected::agent_rows`]).
+fn agent_rows(agents: &[Agent], by_agent: &[(String, AgentResults)]) -> Vec<AgentRow> {
+    let mut rows: BTreeMap<&str, AgentRow> = BTreeMap::new();
+    for a in agents {
+        rows.insert(
+            &a.id,
+            AgentRow {
+                id: a.id.clone(),
+                agent_type: Some(a.agent_type.clone()),
+                status: Some(a.status.clone()),
+                has_results: false,
+                tasks: 0,
+                completed: 0,
+                failed: 0,
+                execution_time: 0.0,
+            },
+        );
+    }
+    for (agent, r) in by_agent {
+        let row = rows.entry(agent).or_insert_with(|| AgentRow {
+            id: agent.clone(),
+            agent_type: None,
+            status: None,
+            has_results: false,
+            tasks: 0,
+            completed: 0,
+            failed: 0,
+            execution_time: 0.0,
+        });
+        row.has_results = true;
+        row.tasks = r.tasks.len() as u64;
+        row.completed = r.tasks.iter().filter(|t| t.status == "completed").count() as u64;
+        row.failed = r.tasks.iter().filter(|t| t.status == "failed").count() as u64;
+        row.execution_time = r.execution_time.unwrap_or(0.0);
+    }
+    rows.into_values().collect()
 }
 
 /// Totals over the readable result files (see [`Collected::summary`]).
@@ -716,7 +727,7 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
     log::debug!("read {} result files in {:.1} ms", by_agent.len(), started.elapsed().as_secs_f64() * 1e3);
     let started = std::time::Instant::now();
     // The task index and the task records are independent: one thread each.
-    let (task_index, tasks, spans, summary) = std::thread::scope(|s| {
+    let (task_index, tasks, spans, summary, rows) = std::thread::scope(|s| {
         let index = s.spawn(|| index_tasks(&by_agent));
         let tasks = match task::list_all(dir) {
             Ok(t) => t,
@@ -731,7 +742,8 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
             (&a.agent, a.start_ms, &a.task, a.attempt).cmp(&(&b.agent, b.start_ms, &b.task, b.attempt))
         });
         let summary = summarize(&by_agent, &errors);
-        (index.join(), tasks, spans, summary)
+        let rows = agent_rows(&agents, &by_agent);
+        (index.join(), tasks, spans, summary, rows)
     });
     let (task_index, duplicates) =
         task_index.map_err(|_| Error::Failed("indexing the task entries failed unexpectedly".into()))?;
@@ -742,8 +754,8 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
         tasks.len(),
         started.elapsed().as_secs_f64() * 1e3
     );
-    let summary = std::sync::OnceLock::from(summary);
-    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks, task_index, summary })
+    let (summary, agent_rows) = (std::sync::OnceLock::from(summary), std::sync::OnceLock::from(rows));
+    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks, task_index, summary, agent_rows })
 }
 
 fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<Vec<(String, AgentResults)>> {
@@ -773,6 +785,11 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
         {
             continue;
         }
+        // The type comes with the listing (no stat); links and the rest are not read.
+        if !entry.file_type().ctx("inspect", &results_dir.join(name))?.is_file() {
+            errors.push(error_entry(dir, &results_dir.join(name), &not_regular()));
+            continue;
+        }
         names.push(name.to_string());
     }
     names.sort();
@@ -786,7 +803,7 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
             .map(|name| {
                 if let Some(agent) = SessionDir::result_log_agent(name) {
                     let path = results_dir.join(name);
-                    return read_regular_file(within, &path)
+                    return read_listed_file(within, &path)
                         .and_then(|bytes| parse_result_log(&path, &bytes))
                         .map(|r| (agent.to_string(), r))
                         .map_err(|e| error_entry(dir, &path, &e));
@@ -802,7 +819,7 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
                     });
                 };
                 let path = results_dir.join(name);
-                read_regular_file(within, &path)
+                read_listed_file(within, &path)
                     .and_then(|bytes| check_result_file(&path, bytes))
                     .map(|r| (agent.to_string(), r))
                     .map_err(|e| error_entry(dir, &path, &e))
@@ -912,9 +929,54 @@ fn check_result_file(path: &Path, bytes: Vec<u8>) -> Result<AgentResults> {
 /// being appended is).
 fn read_regular_file(within: Option<&std::fs::File>, path: &Path) -> Result<Vec<u8>> {
     use std::io::Read;
+    let mut file = open_no_follow(within, path)?;
+    let meta = file.metadata().ctx("inspect", path)?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+    let mut bytes = Vec::new();
+    bytes.try_reserve_exact(size).map_err(|_| Error::Failed(format!("too large to read ({size} bytes)")))?;
+    // `take` stops at the size fstat gave: one read(2) for the whole file.
+    (&mut file).take(size as u64).read_to_end(&mut bytes).ctx("read", path)?;
+    Ok(bytes)
+}
+
+/// Like [`read_regular_file`], for a file the directory listing said is a regular file:
+/// no `fstat` (three system calls). It is still opened with `O_NOFOLLOW` and
+/// `O_NONBLOCK`, so a file swapped for a link or a FIFO since the listing is refused
+/// or reads as empty (and then fails to parse), never followed or waited on. Read
+/// through a 64 KiB buffer kept by the thread: a shorter read is the end of the file.
+fn read_listed_file(within: Option<&std::fs::File>, path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 << 10]);
+    }
+    let mut file = open_no_follow(within, path)?;
+    BUF.with_borrow_mut(|buf| {
+        let n = loop {
+            match file.read(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                other => break other.ctx("read", path)?,
+            }
+        };
+        let mut bytes = buf[..n].to_vec();
+        if n == buf.len() {
+            file.read_to_end(&mut bytes).ctx("read", path)?;
+        }
+        Ok(bytes)
+    })
+}
+
+fn not_regular() -> Error {
+    Error::Failed("not a regular file (result files are never followed through links)".into())
+}
+
+/// Opens `path` (relative to `within`, its directory, when given) for reading with
+/// `O_NOFOLLOW | O_NONBLOCK`; a symlink is [`not_regular`].
+fn open_no_follow(within: Option<&std::fs::File>, path: &Path) -> Result<std::fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     use std::os::unix::ffi::OsStrExt;
-    let not_regular = || Error::Failed("not a regular file (result files are never followed through links)".into());
     let (dirfd, name) = match (within, path.file_name()) {
         (Some(d), Some(name)) => (d.as_raw_fd(), Path::new(name)),
         _ => (libc::AT_FDCWD, path),
@@ -930,17 +992,7 @@ fn read_regular_file(within: Option<&std::fs::File>, path: &Path) -> Result<Vec<
         return Err(if e.raw_os_error() == Some(libc::ELOOP) { not_regular() } else { Error::io("open", path, e) });
     }
     // SAFETY: `fd` was just opened and is owned by nothing else.
-    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
-    let meta = file.metadata().ctx("inspect", path)?;
-    if !meta.is_file() {
-        return Err(not_regular());
-    }
-    let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(size).map_err(|_| Error::Failed(format!("too large to read ({size} bytes)")))?;
-    // `take` stops at the size fstat gave: one read(2) for the whole file.
-    (&mut file).take(size as u64).read_to_end(&mut bytes).ctx("read", path)?;
-    Ok(bytes)
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
@@ -1102,12 +1154,7 @@ pub fn aggregate(dir: &SessionDir, timeout: Duration) -> Result<Outcome> {
                     w.write_all(b"\n")
                 })
             });
-            let report = collected.final_report_of(
-                view.clone(),
-                collected.agent_rows(),
-                collected.task_counts(),
-                timestamp.clone(),
-            );
+            let report = collected.final_report_of(view.clone(), collected.task_counts(), timestamp.clone());
             let report = fsio::replace_with(&dir.final_report(), |w| {
                 report.write_to(w)?;
                 w.write_all(b"\n")
