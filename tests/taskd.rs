@@ -521,6 +521,19 @@ fn work_runs_a_command_that_fails_on_some_inputs() {
     env.cmd("taskd").args(["work", "w2", "--max-tasks", "1", "--", "echo", "hello"]).ok();
     assert_eq!(status(&env, "text")["results"], "hello");
     assert_eq!(status(&env, "text2")["status"], "pending");
+    // Every rewrite went through tmp/0 … tmp/15 and left nothing there, nor next to
+    // the records (the worker removes the old versions before it exits).
+    for k in 0..16 {
+        let d = env.dir().join(format!("tmp/{k}"));
+        assert_eq!(std::fs::read_dir(&d).expect("spread dir").count(), 0, "{} is not empty", d.display());
+    }
+    for d in ["tasks/claimed", "tasks/done", "tasks/failed", "registry"] {
+        let hidden = std::fs::read_dir(env.dir().join(d))
+            .expect("list")
+            .filter(|e| e.as_ref().expect("entry").file_name().to_string_lossy().starts_with('.'))
+            .count();
+        assert_eq!(hidden, 0, "temporary files left in {d}");
+    }
 }
 
 #[test]

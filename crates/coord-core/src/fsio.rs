@@ -40,6 +40,18 @@ pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     publish(write_temp(path, bytes)?, path)
 }
 
+/// Like [`replace_atomic`], with the temporary file written in `tmp_dir` (on the same
+/// filesystem) rather than next to `path`; where `tmp_dir` does not exist (a session
+/// made before it was), next to `path` as usual. See `SessionDir::spread_tmp_dir` for
+/// why.
+pub fn replace_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    match write_temp_in_dir(tmp_dir, path, bytes) {
+        Err(e) if is_not_found(&e) => replace_atomic(path, bytes),
+        Ok(tmp) => publish(tmp, path),
+        Err(e) => Err(e),
+    }
+}
+
 /// Publishes the complete temporary file `tmp` as `path` (see [`replace_atomic`]).
 fn publish(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
     if !EXCHANGE_UNSUPPORTED.load(Ordering::Relaxed) {
@@ -156,11 +168,11 @@ pub fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     write_atomic(path, &to_json_bytes(value))
 }
 
-/// Like [`write_json`], but publishes with [`replace_atomic`]: for the files rewritten
-/// once or more per task (the registry), where a replacing rename's writeback on ext4
-/// is a measurable part of a task's cost.
-pub fn replace_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    replace_atomic(path, &to_json_bytes(value))
+/// Like [`write_json`], but publishes with [`replace_atomic_via`]: for the files
+/// rewritten once or more per task (the registry), where a replacing rename's writeback
+/// on ext4 is a measurable part of a task's cost.
+pub fn replace_json<T: Serialize + ?Sized>(tmp_dir: &Path, path: &Path, value: &T) -> Result<()> {
+    replace_atomic_via(tmp_dir, path, &to_json_bytes(value))
 }
 
 /// Replaces `path` atomically with what `write` produces, written straight into the
@@ -207,7 +219,10 @@ pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
 }
 
 fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
-    let dir = parent(path);
+    write_temp_in_dir(parent(path), path, bytes)
+}
+
+fn write_temp_in_dir(dir: &Path, path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     let tmp =
         tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
     // Errors name the file being replaced (a full disk: "write .../agents.json: No space
@@ -417,26 +432,46 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("r.json");
         let count = || std::fs::read_dir(dir.path()).expect("list").count();
-        replace_json(&p, &serde_json::json!({"n": 0})).expect("create");
+        replace_json(dir.path(), &p, &serde_json::json!({"n": 0})).expect("create");
         let guard = DeferredRemoval::start();
         // A second guard while one is active does nothing, and dropping it ends nothing.
         drop(DeferredRemoval::start());
         for n in 1..=5 {
-            replace_json(&p, &serde_json::json!({ "n": n })).expect("replace");
+            replace_json(dir.path(), &p, &serde_json::json!({ "n": n })).expect("replace");
             let now: serde_json::Value = read_json(&p).expect("read");
             assert_eq!(now["n"], n, "readers see the new version at once");
         }
         assert!(count() > 1, "the old versions were removed before they were asked for");
         remove_deferred();
         assert_eq!(count(), 1);
-        replace_json(&p, &serde_json::json!({"n": 6})).expect("replace");
+        replace_json(dir.path(), &p, &serde_json::json!({"n": 6})).expect("replace");
         drop(guard);
         let names: Vec<_> =
             std::fs::read_dir(dir.path()).expect("list").map(|e| e.expect("entry").file_name()).collect();
         assert_eq!(names, ["r.json"], "dropping the guard removes what is left");
         // Without a guard, writers remove their old versions themselves again.
-        replace_json(&p, &serde_json::json!({"n": "last"})).expect("replace");
+        replace_json(dir.path(), &p, &serde_json::json!({"n": "last"})).expect("replace");
         assert_eq!(count(), 1);
+    }
+
+    #[test]
+    fn replace_via_another_directory_leaves_it_empty_and_falls_back_when_it_is_missing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spread, target) = (dir.path().join("tmp-3"), dir.path().join("records"));
+        std::fs::create_dir_all(&spread).expect("mkdir");
+        std::fs::create_dir_all(&target).expect("mkdir");
+        let p = target.join("r.json");
+        for n in 0..3 {
+            replace_atomic_via(&spread, &p, format!("{{\"n\": {n}}}").as_bytes()).expect("replace");
+            let v: serde_json::Value = read_json(&p).expect("read");
+            assert_eq!(v["n"], n);
+            assert_eq!(std::fs::read_dir(&spread).expect("list").count(), 0, "the old version is removed");
+            assert_eq!(std::fs::read_dir(&target).expect("list").count(), 1);
+        }
+        replace_atomic_via(&dir.path().join("gone"), &p, b"{\"n\": 9}").expect("falls back");
+        let v: serde_json::Value = read_json(&p).expect("read");
+        assert_eq!(v["n"], 9);
+        assert_eq!(std::fs::read_dir(&target).expect("list").count(), 1);
     }
 
     #[test]

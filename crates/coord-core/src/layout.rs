@@ -28,6 +28,10 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub const SESSION_DIRS: &[&str] =
     &["registry", "registry/heartbeats", "state", "messages", "tasks", "results", "locks", "metrics"];
 
+/// Subdirectories of `tmp/` that the temporary files of per-task rewrites are spread
+/// over (see [`SessionDir::spread_tmp_dir`]).
+pub const TMP_SPREAD: usize = 16;
+
 /// The directory that holds sessions.
 #[derive(Debug, Clone)]
 pub struct Base {
@@ -144,6 +148,27 @@ impl SessionDir {
     /// The session directory.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `tmp/`: the spread directories' parent.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// One of `tmp/0` … `tmp/15`, a different one on each call (starting from one chosen
+    /// by the process id), where the temporary files of the files rewritten per task are
+    /// written before they are exchanged into place. On ext4 the directories sit in
+    /// different block groups (`tmp/` carries the `T` attribute, see docs/layout.md), and
+    /// so do the inodes created in them: the inode allocator, which scans past recently
+    /// freed inodes of a group, finds a sixteenth of them in each.
+    pub fn spread_tmp_dir(&self) -> PathBuf {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
+        let mut n = NEXT.load(std::sync::atomic::Ordering::Relaxed);
+        if n == usize::MAX {
+            n = std::process::id() as usize;
+        }
+        NEXT.store(n.wrapping_add(1), std::sync::atomic::Ordering::Relaxed);
+        self.tmp_dir().join((n % TMP_SPREAD).to_string())
     }
 
     /// `session.json`.

@@ -142,7 +142,7 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
             None => agents.push(agent.clone()),
         }
         touch_heartbeat(dir, &req.id, Some(registered))?;
-        fsio::replace_json(&dir.agents_json(), &agents)?;
+        fsio::replace_json(&dir.spread_tmp_dir(), &dir.agents_json(), &agents)?;
     }
     // The seed's "message queues ready": a registered agent can be sent to at once.
     crate::mailbox::ensure_mailbox(dir, &req.id)?;
@@ -203,7 +203,7 @@ where
     change(entry)?;
     entry.updated_at = Some(time::now_rfc3339());
     let out = entry.clone();
-    fsio::replace_json(&dir.agents_json(), &agents)?;
+    fsio::replace_json(&dir.spread_tmp_dir(), &dir.agents_json(), &agents)?;
     Ok(out)
 }
 
@@ -216,7 +216,7 @@ where
     let _guard = dir.tool_lock(ToolLock::Registry, timeout)?;
     let mut agents = load(dir)?;
     change(&mut agents);
-    fsio::replace_json(&dir.agents_json(), &agents)
+    fsio::replace_json(&dir.spread_tmp_dir(), &dir.agents_json(), &agents)
 }
 
 /// Records a heartbeat: sets the mtime of the agent's heartbeat file. O(1), no lock.

@@ -38,6 +38,12 @@ pub fn init(base: &Base, operation: &str) -> Result<SessionDir> {
     for sub in SESSION_DIRS {
         fsio::ensure_dir(&dir.root().join(sub))?;
     }
+    fsio::ensure_dir(&dir.tmp_dir())?;
+    // Best effort: only ext2/3/4 know the attribute, and nothing depends on it.
+    sys::spread_subdirectories(&dir.tmp_dir());
+    for k in 0..crate::layout::TMP_SPREAD {
+        fsio::ensure_dir(&dir.tmp_dir().join(k.to_string()))?;
+    }
     fsio::write_json(&dir.state_file("global"), &record::initial_global())?;
     fsio::write_json(&dir.state_file("tasks"), &record::initial_tasks_view())?;
     fsio::write_json(&dir.state_file("results"), &record::initial_results())?;

@@ -80,6 +80,30 @@ pub fn grow_heap_in_large_steps() {
     }
 }
 
+/// Sets the ext2/3/4 "top of directory hierarchy" attribute (`chattr +T`) on `dir`, so
+/// that the filesystem spreads the directories created in it over its block groups
+/// rather than keeping them next to their parent. Best effort: elsewhere, or without
+/// the right, nothing happens.
+pub fn spread_subdirectories(dir: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
+        let Ok(d) = std::fs::File::open(dir) else { return };
+        let mut flags: libc::c_long = 0;
+        // SAFETY: FS_IOC_GETFLAGS/SETFLAGS read and write one long through the pointer,
+        // on a descriptor we own.
+        unsafe {
+            if libc::ioctl(d.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) == 0 {
+                flags |= FS_TOPDIR_FL;
+                let _ = libc::ioctl(d.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = dir;
+}
+
 /// This process's parent: the shell or agent that ran the tool.
 pub fn parent_pid() -> u32 {
     std::os::unix::process::parent_id()

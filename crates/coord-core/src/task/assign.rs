@@ -230,7 +230,7 @@ fn mark_preempt(dir: &SessionDir, task: &str, timeout: Duration) -> Result<bool>
         return Ok(false);
     }
     t.preempt_requested_at = Some(time::now_rfc3339());
-    super::rewrite_record(&path, &t)?;
+    super::rewrite_record(dir, &path, &t)?;
     Ok(true)
 }
 

@@ -219,7 +219,7 @@ fn publish_final(dir: &SessionDir, t: &Task, from: &Path) -> Result<bool> {
     let Some(s) = t.state().filter(|s| s.is_final()) else {
         return Err(Error::Failed(format!("task {:?}: {:?} is not a final status", t.id, t.status)));
     };
-    rewrite_record(from, t)?;
+    rewrite_record(dir, from, t)?;
     rename_existing(from, &status_file(dir, s, &t.id))
 }
 
@@ -350,8 +350,8 @@ fn write_record(path: &Path, t: &Task) -> Result<()> {
 
 /// Replaces the record of a task that was just renamed to `path` with its new fields
 /// (an exchange, not a replacing rename: see [`fsio::replace_atomic`]).
-fn rewrite_record(path: &Path, t: &Task) -> Result<()> {
-    fsio::replace_atomic(path, &fsio::to_json_bytes(t))
+fn rewrite_record(dir: &SessionDir, path: &Path, t: &Task) -> Result<()> {
+    fsio::replace_atomic_via(&dir.spread_tmp_dir(), path, &fsio::to_json_bytes(t))
 }
 
 fn new_token() -> String {
@@ -678,7 +678,7 @@ fn recheck_blocked(dir: &SessionDir, id: &str, timeout: Duration) -> Result<Opti
     t.status = Status::Pending.name().to_string();
     let dest = pending_path(dir, &t)?;
     if rename_existing(&path, &dest)? {
-        rewrite_record(&dest, &t)?;
+        rewrite_record(dir, &dest, &t)?;
     }
     drop(guard);
     bell::ring(&dir.task_pending_bell());
@@ -837,7 +837,7 @@ fn take(dir: &SessionDir, e: &index::Entry, agent: &str, opts: &ClaimOptions) ->
     t.lease_seconds = Some(opts.lease.as_secs_f64());
     t.lease_expires_at = Some(time::rfc3339(now + opts.lease));
     t.preempt_requested_at = None;
-    rewrite_record(&dest, &t)?;
+    rewrite_record(dir, &dest, &t)?;
     drop(guard);
     Ok(Some(t))
 }
@@ -1006,7 +1006,7 @@ fn requeue_held(
     if !rename_existing(path, &dest)? {
         return Err(Error::Failed(format!("claim lost: task {:?} moved while requeueing", t.id)));
     }
-    rewrite_record(&dest, &t)?;
+    rewrite_record(dir, &dest, &t)?;
     drop(guard);
     if let Some(a) = holder
         && unassign == Unassign::Now
