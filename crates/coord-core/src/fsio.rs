@@ -45,9 +45,14 @@ pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// made before it was), next to `path` as usual. See `SessionDir::spread_tmp_dir` for
 /// why.
 pub fn replace_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<()> {
+    let cross_device = |e: &Error| matches!(e, Error::Io { source, .. } if source.raw_os_error() == Some(libc::EXDEV));
     match write_temp_in_dir(tmp_dir, path, bytes) {
         Err(e) if is_not_found(&e) => replace_atomic(path, bytes),
-        Ok(tmp) => publish(tmp, path),
+        // `tmp_dir` on another filesystem (a mount or link placed there): as usual.
+        Ok(tmp) => match publish(tmp, path) {
+            Err(e) if cross_device(&e) => replace_atomic(path, bytes),
+            other => other,
+        },
         Err(e) => Err(e),
     }
 }

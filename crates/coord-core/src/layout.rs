@@ -280,7 +280,7 @@ impl SessionDir {
         self.root.join("tasks/ids").join(format!("{task}.json"))
     }
 
-    /// `tasks/pending/`: ready tasks, as `<route>/<priority-key>/<chunk>/<seq>.<task>.json`.
+    /// `tasks/pending/`: ready tasks, as `<route>/<priority-key>/<block>/<chunk>/<seq>.<task>.json`.
     pub fn tasks_pending_dir(&self) -> PathBuf {
         self.root.join("tasks/pending")
     }

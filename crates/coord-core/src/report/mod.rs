@@ -834,14 +834,22 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
     });
     let b = b.map_err(|_| Error::Failed("reading the result files failed unexpectedly".into()))?;
     let mut out: Vec<(String, AgentResults)> = Vec::with_capacity(names.len());
+    // One entry per agent, at the place of its first file: `<agent>.json` and
+    // `<agent>.jsonl` are merged even when another agent's file sorts between them
+    // (`a.json`, `a.json.json`, `a.jsonl`).
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for r in a.into_iter().chain(b) {
         match r {
-            // `<agent>.json` sorts right before `<agent>.jsonl`: one entry per agent.
-            Ok((agent, r)) if out.last().is_some_and(|(last, _)| *last == agent) => {
-                let (_, prev) = out.pop().expect("checked above");
-                out.push((agent, AgentResults::merge(vec![prev, r])?));
-            }
-            Ok(x) => out.push(x),
+            Ok((agent, r)) => match seen.get(&agent) {
+                Some(&i) => {
+                    let prev = std::mem::replace(&mut out[i].1, AgentResults::empty());
+                    out[i].1 = AgentResults::merge(vec![prev, r])?;
+                }
+                None => {
+                    seen.insert(agent.clone(), out.len());
+                    out.push((agent, r));
+                }
+            },
             Err(e) => errors.push(e),
         }
     }
@@ -865,6 +873,7 @@ fn parse_result_log(path: &Path, bytes: &[u8]) -> Result<AgentResults> {
         }
         let r = parse_result_file(path, line).map_err(|e| match e {
             Error::Malformed { path, column, message, .. } => Error::Malformed { path, line: n + 1, column, message },
+            Error::Failed(message) => Error::Failed(format!("line {}: {message}", n + 1)),
             other => other,
         })?;
         if let Some(t) = r.execution_time
@@ -878,6 +887,12 @@ fn parse_result_log(path: &Path, bytes: &[u8]) -> Result<AgentResults> {
 }
 
 impl AgentResults {
+    /// An empty document (`{}`), a placeholder while one is being merged.
+    fn empty() -> AgentResults {
+        let doc = Arc::new("{}".to_string());
+        AgentResults { tasks: Vec::new(), execution_time: None, body: 0..doc.len(), doc }
+    }
+
     /// One agent's documents as one: the tasks in order, `execution_time` summed, the
     /// first document's other fields kept.
     fn merge(mut parts: Vec<AgentResults>) -> Result<AgentResults> {
@@ -1026,7 +1041,7 @@ fn index_tasks(by_agent: &[(String, AgentResults)]) -> (Vec<(usize, usize)>, Vec
                     let (slot, first) = *o.get();
                     // The seed assigns by_task[id] per entry, so the last one wins.
                     index[slot] = (a, t);
-                    if first != a {
+                    if by_agent[first].0 != *agent {
                         let agents = dups.entry(&task.id).or_insert_with(|| vec![by_agent[first].0.as_str()]);
                         if agents.last() != Some(&agent.as_str()) {
                             agents.push(agent);
@@ -1314,8 +1329,11 @@ mod tests {
             ("a.json", r#"{"tasks": [{"id": "t1", "status": "completed"}], "execution_time": 3, "note": "n"}"#),
             ("a.jsonl", log),
             ("b.jsonl", "{\"tasks\": [{\"id\": \"t5\", \"status\": \"completed\"}]}\nnot json\n"),
+            // Agent "a.json" sorts between a.json and a.jsonl; "a" is still one entry.
+            ("a.json.json", r#"{"tasks": [{"id": "t9", "status": "completed"}]}"#),
         ]);
-        assert_eq!(c.by_agent.len(), 1, "one entry per agent; b's log has a bad line");
+        assert_eq!(c.by_agent.len(), 2, "one entry per agent; b's log has a bad line");
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let (agent, r) = &c.by_agent[0];
         assert_eq!(agent, "a");
         let ids: Vec<_> = r.tasks.iter().map(|t| t.id.as_str()).collect();

@@ -118,6 +118,14 @@ pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<S
     ))
 }
 
+/// Where a pending record filed by an earlier version (`<route>/<prio>/<seq / 512>/<name>`,
+/// before blocks) is after the scan moved it; `None` for a path of the current shape.
+pub fn refiled_rel(old: &str, seq: u64) -> Option<String> {
+    let parts: Vec<&str> = old.split('/').collect();
+    let [route, prio, _chunk, name] = parts.as_slice() else { return None };
+    Some(format!("{route}/{prio}/{:012}/{:012}/{name}", seq / BLOCK, seq / CHUNK))
+}
+
 /// One pending record found by a scan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Entry {
@@ -211,10 +219,17 @@ impl RouteCursor {
         let mut names = list_names(&dir)?;
         names.retain(|n| {
             let ok = parse_number(n).is_some_and(|k| within.is_none_or(|b| k * CHUNK / BLOCK == b));
-            if !ok {
-                set_aside(&self.garbage, &dir.join(n));
+            if ok {
+                return true;
             }
-            ok
+            match (within.is_some(), parse_entry(n)) {
+                // A record right under a block: the shape before blocks existed
+                // (`<prio>/<seq / 512>/<record>`), from a session made by an earlier
+                // version. Moved to where this version files it.
+                (true, Some((seq, _))) => self.refile(&dir.join(n), rel, seq, n),
+                _ => set_aside(&self.garbage, &dir.join(n)),
+            }
+            false
         });
         names.sort_by(|a, b| b.cmp(a)); // popped from the end: smallest first
         Ok(names.into_iter().map(|n| format!("{rel}/{n}")).collect())
@@ -260,6 +275,21 @@ impl RouteCursor {
             self.entries = entries;
             self.next = 0;
             return Ok(true);
+        }
+    }
+
+    /// Moves the pending record `path` (named `name`, of priority directory `rel`'s first
+    /// component) to its place in this version's index. A rename: if a claimer takes the
+    /// record first, the move finds it gone, and the other way round the claimer does;
+    /// either way the record is in exactly one place. Found again by the next walk.
+    fn refile(&self, path: &Path, rel: &str, seq: u64, name: &str) {
+        let prio = rel.split('/').next().unwrap_or_default();
+        let to = self.root.join(format!("{prio}/{:012}/{:012}/{name}", seq / BLOCK, seq / CHUNK));
+        match crate::fsio::rename_noclobber(path, &to) {
+            Ok(true) => log::info!("moved {} to {} (the index's current shape)", path.display(), to.display()),
+            Ok(false) => set_aside(&self.garbage, path),
+            Err(e) if crate::fsio::is_not_found(&e) => {}
+            Err(e) => log::warn!("could not move {} to {}: {e}", path.display(), to.display()),
         }
     }
 
@@ -450,6 +480,43 @@ mod tests {
             .collect();
         kept.sort();
         assert_eq!(kept, ["0", "1", "2"]);
+    }
+
+    #[test]
+    fn records_in_the_shape_of_earlier_versions_are_refiled_and_taken_in_order() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&crate::layout::Base::new(tmp.path().join("base")), "t").expect("init");
+        let key = priority_key(0);
+        // Before blocks: `<prio>/<seq / 512>/<seq>.<id>.json`.
+        for (seq, id) in [(700u64, "late"), (3, "early"), (600, "mid")] {
+            let path = dir.tasks_pending_dir().join(format!("~+/{key}/{:012}/{seq:016}.{id}.json", seq / 512));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(&path, "{}").expect("plant");
+        }
+        let walk = || {
+            let mut scan = PendingScan::open(&dir, |_| true).expect("open");
+            let mut ids = Vec::new();
+            while let Some((i, e)) = scan.peek().expect("peek") {
+                ids.push(e.id);
+                scan.advance(i);
+            }
+            ids
+        };
+        // The first walk moves them (and may not see those moved into blocks it listed
+        // before); from then on they are where this version files them, in order.
+        walk();
+        assert_eq!(walk(), ["early", "mid", "late"]);
+        assert!(list_names(&dir.tasks_garbage_dir()).expect("garbage").is_empty(), "nothing set aside");
+        let moved =
+            dir.tasks_pending_dir().join(format!("~+/{key}/000000000000/000000000009/0000000000000600.mid.json"));
+        assert!(moved.exists(), "{} missing", moved.display());
+        // What a locator written by an earlier version says, and where the record is now.
+        let old = format!("~+/{key}/000000000001/0000000000000600.mid.json");
+        assert_eq!(
+            refiled_rel(&old, 600),
+            Some(format!("~+/{key}/000000000000/000000000009/0000000000000600.mid.json"))
+        );
+        assert_eq!(refiled_rel(&format!("~+/{key}/000000000000/000000000009/0000000000000600.mid.json"), 600), None);
     }
 
     #[test]

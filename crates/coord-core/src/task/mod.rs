@@ -391,9 +391,11 @@ fn locate(dir: &SessionDir, id: &str) -> Result<Option<(Status, PathBuf)>> {
                 return Ok(Some((s, p)));
             }
         }
-        let p = dir.tasks_pending_dir().join(&loc.pending);
-        if p.exists() {
-            return Ok(Some((Status::Pending, p)));
+        for rel in [Some(loc.pending.clone()), index::refiled_rel(&loc.pending, loc.seq)].into_iter().flatten() {
+            let p = dir.tasks_pending_dir().join(rel);
+            if p.exists() {
+                return Ok(Some((Status::Pending, p)));
+            }
         }
         std::thread::sleep(Duration::from_millis(2));
     }

@@ -155,6 +155,8 @@ fn next_task(
             *bell = Some(Bell::watch(&[dir.task_pending_bell()]).with_signals(signals));
             continue;
         }
+        // Nothing runs while the worker waits: clean up after the last task now.
+        fsio::remove_deferred();
         let b = bell.as_mut().expect("set above");
         // Waiting is being alive too: wake to heartbeat, so healthmon does not take an
         // idle worker for hung.
