@@ -204,17 +204,6 @@ where
     publish(tmp, path)
 }
 
-/// Like [`write_json`], but compact (one line) and serialized straight into the temporary
-/// file ([`replace_with`]), and about half the size of the pretty form.
-pub fn write_json_streamed<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
-    replace_with(path, |out| {
-        serde_json::to_writer(&mut *out, value).map_err(|e| {
-            e.io_error_kind().map_or_else(|| std::io::Error::other(e.to_string()), std::io::Error::from)
-        })?;
-        out.write_all(b"\n")
-    })
-}
-
 /// `value` as pretty JSON bytes with a trailing newline.
 pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serializing our own serde types (string keys, no non-finite floats) cannot fail.

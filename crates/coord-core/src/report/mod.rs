@@ -383,10 +383,10 @@ pub struct Collected {
     /// id, entries in file order), the position `(agent, entry)` in `by_agent` of its
     /// last entry, which the seed's `by_task[id] = entry` keeps.
     pub task_index: Vec<(usize, usize)>,
-    /// [`Collected::summary`], computed once.
-    summary: std::sync::OnceLock<Summary>,
-    /// [`Collected::agent_rows`], computed once.
-    agent_rows: std::sync::OnceLock<Vec<AgentRow>>,
+    /// [`Collected::summary`], computed by [`collect`].
+    summary: Summary,
+    /// [`Collected::agent_rows`], computed by [`collect`].
+    agent_rows: Vec<AgentRow>,
 }
 
 /// The task queue at report time: counts by status from the task records, plus retries.
@@ -418,19 +418,9 @@ pub struct ResultsView<'a> {
 pub struct ByAgent<'a>(&'a [(String, AgentResults)]);
 
 impl ByAgent<'_> {
-    /// Writes the object as compact JSON, each document copied as written: what
-    /// serializing it gives, without checking every document again.
+    /// Writes the object as compact JSON, each document copied as written.
     fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b"{")?;
-        for (i, (agent, r)) in self.0.iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            write_json_str(w, agent)?;
-            w.write_all(b":")?;
-            w.write_all(r.raw().as_bytes())?;
-        }
-        w.write_all(b"}")
+        write_raw_object(w, self.0.iter().map(|(agent, r)| (agent.as_str(), r.raw())))
     }
 }
 
@@ -438,6 +428,21 @@ impl Serialize for ByAgent<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
     }
+}
+
+/// Writes a JSON object of `(key, raw JSON value)` entries, compact, as serializing the
+/// values as `RawValue`s would, without checking every value again (parsing did).
+fn write_raw_object<'a, W: Write>(w: &mut W, entries: impl Iterator<Item = (&'a str, &'a str)>) -> std::io::Result<()> {
+    w.write_all(b"{")?;
+    for (i, (key, raw)) in entries.enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write_json_str(w, key)?;
+        w.write_all(b":")?;
+        w.write_all(raw.as_bytes())?;
+    }
+    w.write_all(b"}")
 }
 
 /// Writes `s` as a JSON string, as serde_json writes it: a string with nothing to
@@ -457,19 +462,9 @@ fn write_json_str<W: Write>(w: &mut W, s: &str) -> std::io::Result<()> {
 pub struct ByTask<'a>(Vec<(&'a str, &'a TaskResult)>);
 
 impl ByTask<'_> {
-    /// Writes the object as compact JSON, each entry copied as written: what serializing
-    /// it gives, without checking every entry again.
+    /// Writes the object as compact JSON, each entry copied as written.
     fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
-        w.write_all(b"{")?;
-        for (i, (id, t)) in self.0.iter().enumerate() {
-            if i > 0 {
-                w.write_all(b",")?;
-            }
-            write_json_str(w, id)?;
-            w.write_all(b":")?;
-            w.write_all(t.raw().as_bytes())?;
-        }
-        w.write_all(b"}")
+        write_raw_object(w, self.0.iter().map(|&(id, t)| (id, t.raw())))
     }
 }
 
@@ -558,7 +553,7 @@ impl Collected {
 
     /// Totals over the readable result files.
     pub fn summary(&self) -> Summary {
-        self.summary.get_or_init(|| summarize(&self.by_agent, &self.errors)).clone()
+        self.summary.clone()
     }
 
     /// The seed's rates, `null` where the denominator is zero.
@@ -572,9 +567,9 @@ impl Collected {
         self.agent_table().to_vec()
     }
 
-    /// [`Collected::agent_rows`], computed once and borrowed.
+    /// [`Collected::agent_rows`], borrowed.
     pub fn agent_table(&self) -> &[AgentRow] {
-        self.agent_rows.get_or_init(|| agent_rows(&self.agents, &self.by_agent))
+        &self.agent_rows
     }
 
     /// The final report, stamped with `timestamp`.
@@ -727,7 +722,7 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
     log::debug!("read {} result files in {:.1} ms", by_agent.len(), started.elapsed().as_secs_f64() * 1e3);
     let started = std::time::Instant::now();
     // The task index and the task records are independent: one thread each.
-    let (task_index, tasks, spans, summary, rows) = std::thread::scope(|s| {
+    let (task_index, tasks, spans, summary, agent_rows) = std::thread::scope(|s| {
         let index = s.spawn(|| index_tasks(&by_agent));
         let tasks = match task::list_all(dir) {
             Ok(t) => t,
@@ -754,7 +749,6 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
         tasks.len(),
         started.elapsed().as_secs_f64() * 1e3
     );
-    let (summary, agent_rows) = (std::sync::OnceLock::from(summary), std::sync::OnceLock::from(rows));
     Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks, task_index, summary, agent_rows })
 }
 
