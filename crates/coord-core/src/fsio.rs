@@ -33,8 +33,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// bookkeeping. An exchange is not a replace, so that writeback does not protect it
 /// either: after a power loss (not a process death) the file can be found empty. Without
 /// `COORD_FSYNC=1` no write promises power-loss durability (see docs/layout.md); with it
-/// the file is fsynced first as
-/// always. Where the exchange is unsupported (NFS, older kernels) or `path` is missing,
+/// the file is fsynced first as always. Where the exchange is unsupported (NFS, older kernels) or `path` is missing,
 /// this is a plain rename.
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     publish(write_temp(path, bytes)?, path)
@@ -109,8 +108,8 @@ thread_local! {
 
 /// While this guard lives, the old versions that [`replace_atomic`] (and so
 /// [`replace_json`]) leave under a hidden temporary name, when called on this thread, are
-/// kept until the thread calls
-/// [`remove_deferred`] at a moment that suits it, instead of being removed by the writer.
+/// kept until the thread calls [`remove_deferred`] at a moment that suits it, instead of
+/// being removed by the writer.
 /// Dropping the guard removes whatever is left.
 ///
 /// For loops that can do it while they wait anyway (`taskd work` removes them while its
@@ -189,9 +188,7 @@ pub fn replace_with<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&mut std::io::BufWriter<&std::fs::File>) -> std::io::Result<()>,
 {
-    let dir = parent(path);
-    let tmp =
-        tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
+    let tmp = temp_file_in(parent(path))?;
     // Written through the plain file: the temporary file's own writer would add its
     // random name to every error, which names the target already.
     let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
@@ -216,9 +213,13 @@ fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     write_temp_in_dir(parent(path), path, bytes)
 }
 
+/// A new hidden temporary file (`.<random>.tmp`) in `dir`, removed when dropped.
+fn temp_file_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)
+}
+
 fn write_temp_in_dir(dir: &Path, path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
-    let tmp =
-        tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)?;
+    let tmp = temp_file_in(dir)?;
     // Errors name the file being replaced (a full disk: "write .../agents.json: No space
     // left on device"), not the temporary file, which is removed when `tmp` drops.
     tmp.as_file().write_all(bytes).ctx("write", path)?;
@@ -307,13 +308,8 @@ pub fn ensure_dir(path: &Path) -> Result<()> {
 /// The caller publishes it with [`rename_noclobber`] or [`link_noclobber`] and removes
 /// whatever is left; a temporary file is never visible under a name readers look at.
 pub fn write_temp_in(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
-    let (mut file, path) = tempfile::Builder::new()
-        .prefix(".")
-        .suffix(".tmp")
-        .tempfile_in(tmp_dir)
-        .ctx("create a temporary file in", tmp_dir)?
-        .keep()
-        .map_err(|e| Error::io("keep temporary file in", tmp_dir, e.error))?;
+    let (mut file, path) =
+        temp_file_in(tmp_dir)?.keep().map_err(|e| Error::io("keep temporary file in", tmp_dir, e.error))?;
     let written = file
         .write_all(bytes)
         .ctx("write", &path)

@@ -109,13 +109,12 @@ pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<S
             "task {id:?}: submission number {seq} is past the last one the pending index can name ({MAX_SEQ})"
         )));
     }
-    Ok(format!(
-        "{}/{}/{:012}/{:012}/{seq:016}.{id}.json",
-        route.dir_name()?,
-        priority_key(priority),
-        seq / BLOCK,
-        seq / CHUNK
-    ))
+    Ok(format!("{}/{}/{}/{seq:016}.{id}.json", route.dir_name()?, priority_key(priority), block_and_chunk(seq)))
+}
+
+/// `<block>/<chunk>`, the directories of submission number `seq` under its priority.
+fn block_and_chunk(seq: u64) -> String {
+    format!("{:012}/{:012}", seq / BLOCK, seq / CHUNK)
 }
 
 /// Where a pending record filed by an earlier version (`<route>/<prio>/<seq / 512>/<name>`,
@@ -123,7 +122,7 @@ pub fn pending_rel(route: &Route, priority: i64, seq: u64, id: &str) -> Result<S
 pub fn refiled_rel(old: &str, seq: u64) -> Option<String> {
     let parts: Vec<&str> = old.split('/').collect();
     let [route, prio, _chunk, name] = parts.as_slice() else { return None };
-    Some(format!("{route}/{prio}/{:012}/{:012}/{name}", seq / BLOCK, seq / CHUNK))
+    Some(format!("{route}/{prio}/{}/{name}", block_and_chunk(seq)))
 }
 
 /// One pending record found by a scan.
@@ -284,7 +283,7 @@ impl RouteCursor {
     /// either way the record is in exactly one place. Found again by the next walk.
     fn refile(&self, path: &Path, rel: &str, seq: u64, name: &str) {
         let prio = rel.split('/').next().unwrap_or_default();
-        let to = self.root.join(format!("{prio}/{:012}/{:012}/{name}", seq / BLOCK, seq / CHUNK));
+        let to = self.root.join(format!("{prio}/{}/{name}", block_and_chunk(seq)));
         match crate::fsio::rename_noclobber(path, &to) {
             Ok(true) => log::info!("moved {} to {} (the index's current shape)", path.display(), to.display()),
             Ok(false) => set_aside(&self.garbage, path),
