@@ -482,3 +482,75 @@ fn report_generated_holds_for_times_that_need_17_digits() {
     let gate = gates.as_array().expect("gates").iter().find(|g| g["id"] == "report_generated").expect("gate").clone();
     assert_eq!(gate["ok"], true, "{gate}");
 }
+
+/// Result files are read in batches on several threads: a session of 300 agents spans
+/// five batches. The report must be what reading the files one by one gives: agents
+/// in order, by_task in order of first appearance with the last entry kept, a results
+/// log merged with its agent's file, a file that is not UTF-8 listed as an error
+/// without disturbing its neighbours in the same batch, escaped ids decoded.
+#[test]
+fn a_session_of_many_result_files_reads_as_its_files_one_by_one() {
+    let env = TestEnv::with_session();
+    let mut expected_agents = Vec::new();
+    let mut expected_tasks: Vec<(String, Value)> = Vec::new();
+    let mut put = |id: String, entry: Value| match expected_tasks.iter_mut().find(|(k, _)| *k == id) {
+        Some(slot) => slot.1 = entry,
+        None => expected_tasks.push((id, entry)),
+    };
+    for i in 0..300 {
+        let agent = format!("a{i:03}");
+        if i == 100 {
+            // Not UTF-8, in the middle of the second batch.
+            std::fs::write(env.dir().join("results/a100.json"), b"{\"tasks\": [], \"n\xffte\": 1}").expect("plant");
+            continue;
+        }
+        let mut tasks: Vec<Value> = (0..3)
+            .map(|j| json!({"id": format!("t{i}-{j}"), "status": if j == 2 { "failed" } else { "completed" }, "n": i * 3 + j}))
+            .collect();
+        if i == 150 {
+            tasks.push(json!({"id": "t5-0", "status": "completed", "again": true}));
+        }
+        if i == 7 {
+            tasks.push(json!({"id": "q\"uote\\d\u{e9}", "status": "completed"}));
+        }
+        let doc = json!({"tasks": tasks, "execution_time": 0.5});
+        let text = if i % 2 == 0 {
+            serde_json::to_string_pretty(&doc).expect("ser").replace('\n', "\r\n")
+        } else {
+            doc.to_string()
+        };
+        std::fs::write(env.dir().join(format!("results/{agent}.json")), text).expect("write");
+        for t in doc["tasks"].as_array().expect("tasks") {
+            put(t["id"].as_str().expect("id").to_string(), t.clone());
+        }
+        if i == 200 {
+            let line = json!({"tasks": [{"id": "t200-log", "status": "completed"}], "execution_time": 1.5});
+            std::fs::write(env.dir().join("results/a200.jsonl"), format!("{line}\n")).expect("log");
+            put("t200-log".into(), line["tasks"][0].clone());
+        }
+        expected_agents.push(agent);
+    }
+    let out = env.cmd("aggregate").code(4);
+    out.stderr_has(&["results/a100.json", "UTF-8"]);
+    let view = env.json("state/results.json");
+    let agents: Vec<&str> = view["by_agent"].as_object().expect("by_agent").keys().map(String::as_str).collect();
+    assert_eq!(agents, expected_agents);
+    assert_eq!(view["by_agent"]["a101"]["tasks"][0]["id"], "t101-0", "the neighbour of the bad file");
+    assert_eq!(view["by_agent"]["a200"]["tasks"].as_array().map(Vec::len), Some(4), "file and log merged");
+    assert_eq!(view["by_agent"]["a200"]["execution_time"], 2.0);
+    let by_task: Vec<(String, Value)> =
+        view["by_task"].as_object().expect("by_task").iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(by_task.len(), expected_tasks.len());
+    assert_eq!(by_task, expected_tasks, "in order of first appearance, the last entry kept");
+    assert_eq!(view["by_task"]["t5-0"]["again"], true);
+    let s = &view["summary"];
+    assert_eq!((s["total_tasks"].as_u64(), s["failed_tasks"].as_u64()), (Some(299 * 3 + 3), Some(299)));
+    assert_eq!(s["unreadable_files"], 1);
+    let report = env.json("results/final-report.json");
+    assert_eq!(report["results"], view);
+    let warnings = report["warnings"].as_array().expect("warnings");
+    assert!(
+        warnings.iter().any(|w| w.as_str().is_some_and(|w| w.contains("t5-0") && w.contains("a005, a150"))),
+        "{warnings:?}"
+    );
+}

@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 time += v.get("execution_time").and_then(Value::as_f64).unwrap_or(0.0);
             }
-            assert_eq!(r.tasks.iter().map(|t| t.id.clone()).collect::<Vec<_>>(), ids);
+            assert_eq!(r.tasks.iter().map(|t| t.id().to_string()).collect::<Vec<_>>(), ids);
             let t = r.execution_time.unwrap_or(0.0);
             assert!(t.is_finite() && t >= 0.0, "execution_time {t}");
             assert_eq!(t, time);

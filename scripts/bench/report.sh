@@ -4,7 +4,10 @@
 #      `jq -s`: wall time and peak RSS of each;
 #   2. archive of a session holding MESSAGES message files vs `tar czf` of the same
 #      directory: wall time, and the archive's size vs `tar c | gzip -6`.
-# Each side is run REPS times, taking turns, with the page cache warm.
+# Each side is run REPS times, taking turns, with the page cache warmed just before each
+# run: the kernel may page out file data it judges cold within seconds (DAMON's
+# reclaim does on this machine), and a run that finds part of its input evicted
+# measures the disk instead of the tool.
 #
 #   bash scripts/bench/report.sh        QUICK=1 for the small sizes
 SUITE=report
@@ -48,11 +51,13 @@ EOF
 sync -f "$WORK"
 jq_filter='{total_tasks: (map(.tasks | length) | add), completed_tasks: ([.[].tasks[] | select(.status == "completed")] | length), failed_tasks: ([.[].tasks[] | select(.status == "failed")] | length), total_time: (map(.execution_time) | add), agents_used: length} | .throughput = (if .total_time > 0 then .total_tasks / .total_time else null end) | .success_rate = (if .total_tasks > 0 then .completed_tasks / .total_tasks else null end)'
 files=("$COORD_BASE/$S1"/results/agent-*.json)
-cat "${files[@]}" >/dev/null # warm the page cache for both
+warm_results() { cat "${files[@]}" >/dev/null; }
 agg_ms=(); agg_kib=(); jq_ms=(); jq_kib=()
 for r in $(seq "$reps"); do
   progress "aggregate and jq -s, run $r of $reps"
+  warm_results
   read -r ms kib < <(measure "$BIN/aggregate" --session "$S1"); agg_ms+=("$ms"); agg_kib+=("$kib")
+  warm_results
   read -r ms kib < <(measure jq -s "$jq_filter" "${files[@]}"); jq_ms+=("$ms"); jq_kib+=("$kib")
 done
 agg_total=$("$BIN/aggregate" --session "$S1" | jq .summary.total_tasks)
@@ -85,7 +90,8 @@ for i in range(n):
         json.dump(msg, f, indent=2)
 EOF
 sync -f "$WORK"
-du -s "$COORD_BASE/$S2" >/dev/null # warm the dentry and page caches for both
+# Reads every file of the session (tar skips the contents when writing to /dev/null).
+warm_session() { tar cf - -C "$COORD_BASE" "$S2" | cat >/dev/null; }
 peers=yes
 for tool in tar gzip; do
   command -v "$tool" >/dev/null || { peers=; skipped "$tool" "\`archive\` ÷ \`tar czf\`"; }
@@ -95,8 +101,10 @@ for r in $(seq "$reps"); do
   progress "archive and tar czf, run $r of $reps"
   rm -f "$WORK/coord.tar.gz" "$WORK/tar.tar.gz"
   if [ -n "$peers" ]; then
+    warm_session
     read -r ms _ < <(measure tar czf "$WORK/tar.tar.gz" -C "$COORD_BASE" "$S2"); tar_ms+=("$ms")
   fi
+  warm_session
   read -r ms kib < <(measure "$BIN/archive" --session "$S2" --output "$WORK/coord.tar.gz"); arc_ms+=("$ms"); arc_kib+=("$kib")
 done
 arc_bytes=$(stat -c %s "$WORK/coord.tar.gz")
@@ -114,7 +122,7 @@ mib() { awk -v k="$1" 'BEGIN { printf("%.0f\n", k / 1024) }'; }
 
 echo "### aggregate and archive"
 echo
-echo "$(thousands "$agents") result files with $per_agent tasks each ($(thousands $((agents * per_agent))) tasks, 10% failed); a session with $(thousands "$messages") message files (JSON, about 400 bytes each, in 100 mailboxes). Page cache warm; $reps runs of each side, taking turns:"
+echo "$(thousands "$agents") result files with $per_agent tasks each ($(thousands $((agents * per_agent))) tasks, 10% failed); a session with $(thousands "$messages") message files (JSON, about 400 bytes each, in 100 mailboxes). Page cache warmed before each run; $reps runs of each side, taking turns:"
 echo
 echo "| measurement | coord, median (min–max) | peer, median (min–max) | ratio (medians) | target |"
 echo "|---|---|---|---|---|"

@@ -1,5 +1,5 @@
 //! Property tests: record formats round-trip, ids stay one path component, JSON pointers
-//! set what they later get.
+//! set what they later get, and result files read in one pass as serde_json reads them.
 
 use std::path::{Component, Path};
 
@@ -119,6 +119,66 @@ prop_compose! {
     }
 }
 
+/// A result file of the seed's shape, `{"tasks": [...], "execution_time": ...}`, written
+/// compact or pretty, with escapes wherever the strings need them, the fields the report
+/// reads, extra fields, and numbers of every kind.
+fn result_file() -> impl Strategy<Value = String> {
+    let status = prop_oneof![Just("completed".to_string()), Just("failed".to_string()), text()];
+    let read_field = prop_oneof![Just("error"), Just("claimed_at"), Just("completed_at"), Just("attempt")];
+    let task = (text(), status, prop::collection::btree_map(read_field, json_value(), 0..3), extra(), any::<bool>())
+        .prop_map(|(id, status, fields, extra, id_last)| {
+            let mut t = Map::new();
+            if !id_last {
+                t.insert("id".into(), json!(id));
+            }
+            t.insert("status".into(), json!(status));
+            t.extend(fields.into_iter().map(|(k, v)| (k.to_string(), v)));
+            t.extend(extra);
+            if id_last {
+                t.insert("id".into(), json!(id));
+            }
+            Value::Object(t)
+        });
+    let time = prop_oneof![
+        Just(None),
+        Just(Some(Value::Null)),
+        (0u64..1_000_000).prop_map(|n| Some(json!(n))),
+        (0.0f64..1e12).prop_map(|f| Some(json!(f))),
+    ];
+    (prop::collection::vec(task, 0..5), time, extra(), any::<bool>(), any::<bool>()).prop_map(
+        |(tasks, time, extra, pretty, time_first)| {
+            let mut doc = Map::new();
+            if time_first && let Some(t) = &time {
+                doc.insert("execution_time".into(), t.clone());
+            }
+            doc.insert("tasks".into(), Value::Array(tasks));
+            doc.extend(extra);
+            if !time_first && let Some(t) = time {
+                doc.insert("execution_time".into(), t);
+            }
+            let doc = Value::Object(doc);
+            if pretty { serde_json::to_string_pretty(&doc) } else { serde_json::to_string(&doc) }.expect("serialize")
+        },
+    )
+}
+
+/// One edit of a document: a byte range removed, repeated, or replaced by a byte that
+/// matters to JSON (or a control character, or the start of a multi-byte character).
+fn mutated(doc: &str, at: usize, len: usize, how: u8, byte: u8) -> Vec<u8> {
+    const BYTES: &[u8] = b"{}[]\",:\\ \t\n0123456789.eE+-tfnrul/\x01\x1f\x7f\xc3\xa9";
+    let b = doc.as_bytes();
+    let at = at % (b.len() + 1);
+    let end = (at + len % 8).min(b.len());
+    let mut out = b[..at].to_vec();
+    match how % 3 {
+        0 => {}
+        1 => out.extend_from_slice(&b[at..end].repeat(2)),
+        _ => out.push(BYTES[usize::from(byte) % BYTES.len()]),
+    }
+    out.extend_from_slice(&b[end..]);
+    out
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -160,6 +220,23 @@ proptest! {
         let _ = serde_json::from_slice::<Session>(&bytes);
         let _ = serde_json::from_slice::<Message>(&bytes);
         let _ = serde_json::from_slice::<Task>(&bytes);
+        prop_assert!(coord_core::report::fast_path_agrees(&bytes).is_ok());
+    }
+
+    #[test]
+    fn result_files_of_the_seeds_shape_are_read_in_one_pass_as_serde_json_reads_them(doc in result_file()) {
+        prop_assert_eq!(coord_core::report::fast_path_agrees(doc.as_bytes()), Ok(true), "{}", doc);
+    }
+
+    #[test]
+    fn an_edited_result_file_is_read_as_serde_json_reads_it_or_left_to_it(
+        doc in result_file(), edits in prop::collection::vec((any::<usize>(), 0usize..8, any::<u8>(), any::<u8>()), 1..4),
+    ) {
+        let mut bytes = doc.into_bytes();
+        for (at, len, how, byte) in edits {
+            bytes = mutated(&String::from_utf8_lossy(&bytes), at, len, how, byte);
+        }
+        prop_assert!(coord_core::report::fast_path_agrees(&bytes).is_ok(), "{}", String::from_utf8_lossy(&bytes));
     }
 
     #[test]

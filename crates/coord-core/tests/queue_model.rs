@@ -842,7 +842,7 @@ fn check(dir: &SessionDir, model: &Model) -> Result<(), TestCaseError> {
             ok(coord_core::report::read_result_log(&log), "results log")?
                 .tasks
                 .into_iter()
-                .map(|r| (r.id, r.status))
+                .map(|r| (r.id().to_string(), r.status().to_string()))
                 .collect()
         } else {
             Vec::new()

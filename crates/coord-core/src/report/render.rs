@@ -44,13 +44,13 @@ fn failures(c: &Collected) -> Vec<(&str, &str, String)> {
     let mut out = Vec::new();
     for (agent, r) in &c.by_agent {
         for t in &r.tasks {
-            if t.status == "failed" {
-                let error = match t.fields.get("error") {
+            if t.status() == "failed" {
+                let error = match t.field("error") {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(v) => v.to_string(),
                     None => String::new(),
                 };
-                out.push((t.id.as_str(), agent.as_str(), error));
+                out.push((t.id(), agent.as_str(), error));
             }
         }
     }
