@@ -231,12 +231,42 @@ impl Serialize for AgentResults {
 }
 
 /// The outer shape of a result file; unknown fields are skipped without being built.
-#[derive(Deserialize)]
+/// Only a JSON object is one (a derived struct would also take `[[...], 1.5]`).
 struct FileParts<'a> {
-    #[serde(borrow)]
     tasks: Vec<&'a RawValue>,
-    #[serde(default)]
     execution_time: Option<f64>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for FileParts<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+            type Value = FileParts<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a result file object {\"tasks\": [...], \"execution_time\": seconds}")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> std::result::Result<FileParts<'a>, A::Error> {
+                use serde::de::Error as _;
+                let (mut tasks, mut execution_time) = (None, None);
+                while let Some(k) = m.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "tasks" if tasks.is_some() => return Err(A::Error::duplicate_field("tasks")),
+                        "tasks" => tasks = Some(m.next_value::<Vec<&'a RawValue>>()?),
+                        "execution_time" if execution_time.is_some() => {
+                            return Err(A::Error::duplicate_field("execution_time"));
+                        }
+                        "execution_time" => execution_time = Some(m.next_value::<Option<f64>>()?),
+                        _ => {
+                            m.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let tasks = tasks.ok_or_else(|| A::Error::missing_field("tasks"))?;
+                Ok(FileParts { tasks, execution_time: execution_time.flatten() })
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
 }
 
 /// A task's id, status and [`READ_FIELDS`]; every other field is skipped unbuilt.
@@ -1494,6 +1524,17 @@ mod tests {
         assert_eq!(v["by_task"]["t2"]["error"], "boom");
         assert_eq!(v["by_agent"]["b"]["note"], "x");
         assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_result_file_is_an_object() {
+        // A derived struct reads a JSON array as its fields in order; a result file is not one.
+        for text in [r#"[[], 1.5]"#, r#"[[]]"#, r#"[[{"id": "a", "status": "s"}]]"#] {
+            let e = parse_result_file(Path::new("a.json"), text.as_bytes()).expect_err(text);
+            assert!(e.to_string().contains("a result file object"), "{text}: {e}");
+        }
+        let r = parse_result_file(Path::new("a.json"), br#"{"x": [1], "tasks": [], "execution_time": null}"#);
+        assert_eq!(r.expect("an object with tasks").tasks.len(), 0);
     }
 
     #[test]
