@@ -81,28 +81,7 @@ fn id_hash(id: &str) -> u64 {
     STATE.get_or_init(Default::default).hash_one(id)
 }
 
-/// A task id with its [`id_hash`]: hashing it only passes the hash on.
-#[derive(Clone, Copy)]
-struct IdKey<'a> {
-    hash: u64,
-    id: &'a str,
-}
-
-impl std::hash::Hash for IdKey<'_> {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        h.write_u64(self.hash);
-    }
-}
-
-impl PartialEq for IdKey<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        self.hash == other.hash && self.id == other.id
-    }
-}
-
-impl Eq for IdKey<'_> {}
-
-/// The hasher for [`IdKey`]s: the key is already a well-mixed hash.
+/// The hasher for keys that are [`id_hash`]es: the key is already a well-mixed hash.
 #[derive(Default)]
 struct PassThrough(u64);
 
@@ -519,7 +498,7 @@ pub struct Collected {
     /// `by_task`'s entries: for each task id, in the order ids first appear (agents by
     /// id, entries in file order), the position `(agent, entry)` in `by_agent` of its
     /// last entry, which the seed's `by_task[id] = entry` keeps.
-    pub task_index: Vec<(usize, usize)>,
+    pub task_index: Vec<(u32, u32)>,
     /// [`Collected::summary`], computed by [`collect`].
     summary: Summary,
     /// [`Collected::agent_rows`], computed by [`collect`].
@@ -594,15 +573,24 @@ fn write_json_str<W: Write>(w: &mut W, s: &str) -> std::io::Result<()> {
     }
 }
 
-/// Serializes `by_task` as a JSON object without copying the tasks.
+/// Serializes `by_task` as a JSON object without copying the tasks: the entries of
+/// `by_agent` that [`Collected::task_index`] picks.
 #[derive(Debug, Clone)]
-pub struct ByTask<'a>(Vec<(&'a str, &'a TaskResult)>);
+pub struct ByTask<'a> {
+    by_agent: &'a [(String, AgentResults)],
+    index: &'a [(u32, u32)],
+}
 
-impl ByTask<'_> {
+impl<'a> ByTask<'a> {
+    fn entries(&self) -> impl Iterator<Item = &'a TaskResult> + use<'a> {
+        let by_agent = self.by_agent;
+        self.index.iter().map(move |&(a, t)| &by_agent[a as usize].1.tasks[t as usize])
+    }
+
     /// Writes the object as compact JSON, each entry copied as written.
     fn write_to<W: Write>(&self, w: &mut W) -> std::io::Result<()> {
         w.write_all(b"{")?;
-        for (i, (_, t)) in self.0.iter().enumerate() {
+        for (i, t) in self.entries().enumerate() {
             if i > 0 {
                 w.write_all(b",")?;
             }
@@ -616,7 +604,7 @@ impl ByTask<'_> {
 
 impl Serialize for ByTask<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, v)| (k, v)))
+        s.collect_map(self.entries().map(|t| (t.id(), t)))
     }
 }
 
@@ -686,15 +674,8 @@ impl FinalReport<'_> {
 impl Collected {
     /// The `{by_agent, by_task, summary}` view.
     pub fn results(&self) -> ResultsView<'_> {
-        let by_task = self
-            .task_index
-            .iter()
-            .map(|&(a, t)| {
-                let task = &self.by_agent[a].1.tasks[t];
-                (task.id(), task)
-            })
-            .collect();
-        ResultsView { by_agent: ByAgent(&self.by_agent), by_task: ByTask(by_task), summary: self.summary() }
+        let by_task = ByTask { by_agent: &self.by_agent, index: &self.task_index };
+        ResultsView { by_agent: ByAgent(&self.by_agent), by_task, summary: self.summary() }
     }
 
     /// Totals over the readable result files.
@@ -1254,31 +1235,47 @@ fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
 
 /// Builds [`Collected::task_index`] in one pass, and warns about every task id that more
 /// than one agent reports (naming the agents in order; by_task keeps the last one's).
-fn index_tasks(by_agent: &[(String, AgentResults)]) -> (Vec<(usize, usize)>, Vec<String>) {
+fn index_tasks(by_agent: &[(String, AgentResults)]) -> (Vec<(u32, u32)>, Vec<String>) {
+    use std::collections::hash_map::Entry;
     let total = by_agent.iter().map(|(_, r)| r.tasks.len()).sum();
-    // Slot of each id in `index`, and the agent that reported it first; the ids were
-    // hashed while the files were parsed.
-    let mut slots: HashMap<IdKey<'_>, (usize, usize), std::hash::BuildHasherDefault<PassThrough>> =
+    // Slot in `index` of the first id seen with each hash (hashed while the files were
+    // parsed), and the agent that reported it first. A different id with the same hash
+    // goes to `overflow`, keyed by the id itself.
+    let mut slots: HashMap<u64, (u32, u32), std::hash::BuildHasherDefault<PassThrough>> =
         HashMap::with_capacity_and_hasher(total, Default::default());
-    let mut index: Vec<(usize, usize)> = Vec::with_capacity(total);
+    let mut overflow: HashMap<&str, (u32, u32)> = HashMap::new();
+    let mut index: Vec<(u32, u32)> = Vec::with_capacity(total);
     let mut dups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let task_at = |(a, t): (u32, u32)| &by_agent[a as usize].1.tasks[t as usize];
     for (a, (agent, r)) in by_agent.iter().enumerate() {
         for (t, task) in r.tasks.iter().enumerate() {
-            match slots.entry(IdKey { hash: task.id_hash, id: task.id() }) {
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert((index.len(), a));
-                    index.push((a, t));
+            let (a, t, id) = (a as u32, t as u32, task.id());
+            let here = (index.len() as u32, a);
+            let seen = match slots.entry(task.id_hash) {
+                Entry::Vacant(v) => {
+                    v.insert(here);
+                    None
                 }
-                std::collections::hash_map::Entry::Occupied(o) => {
-                    let (slot, first) = *o.get();
-                    // The seed assigns by_task[id] per entry, so the last one wins.
-                    index[slot] = (a, t);
-                    if by_agent[first].0 != *agent {
-                        let agents = dups.entry(task.id()).or_insert_with(|| vec![by_agent[first].0.as_str()]);
-                        if agents.last() != Some(&agent.as_str()) {
-                            agents.push(agent);
-                        }
+                Entry::Occupied(o) if task_at(index[o.get().0 as usize]).id() == id => Some(*o.get()),
+                Entry::Occupied(_) => match overflow.entry(id) {
+                    Entry::Vacant(v) => {
+                        v.insert(here);
+                        None
                     }
+                    Entry::Occupied(o) => Some(*o.get()),
+                },
+            };
+            let Some((slot, first)) = seen else {
+                index.push((a, t));
+                continue;
+            };
+            // The seed assigns by_task[id] per entry, so the last one wins.
+            index[slot as usize] = (a, t);
+            let first = by_agent[first as usize].0.as_str();
+            if first != agent {
+                let agents = dups.entry(id).or_insert_with(|| vec![first]);
+                if agents.last() != Some(&agent.as_str()) {
+                    agents.push(agent);
                 }
             }
         }
@@ -1434,6 +1431,30 @@ mod tests {
         }
         let c = collect(&dir).expect("collect");
         (tmp, c)
+    }
+
+    /// Two different ids with the same hash are still two entries of by_task, and a
+    /// repeated id is still one, whichever of the two it is.
+    #[test]
+    fn ids_whose_hashes_collide_are_told_apart() {
+        let (_t, mut c) = collected(&[
+            ("a.json", r#"{"tasks": [{"id": "x", "status": "s", "n": 1}, {"id": "y", "status": "s", "n": 2}]}"#),
+            ("b.json", r#"{"tasks": [{"id": "y", "status": "s", "n": 3}, {"id": "x", "status": "s", "n": 4}]}"#),
+        ]);
+        for (_, r) in &mut c.by_agent {
+            for t in &mut r.tasks {
+                t.id_hash = 7;
+            }
+        }
+        let (index, warnings) = index_tasks(&c.by_agent);
+        let v = serde_json::to_value(ByTask { by_agent: &c.by_agent, index: &index }).expect("ser");
+        assert_eq!(
+            v,
+            serde_json::json!({"x": {"id": "x", "status": "s", "n": 4}, "y": {"id": "y", "status": "s", "n": 3}})
+        );
+        let keys: Vec<_> = v.as_object().expect("object").keys().cloned().collect();
+        assert_eq!(keys, ["x", "y"], "in order of first appearance");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
     }
 
     #[test]
