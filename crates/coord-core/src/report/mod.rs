@@ -878,7 +878,7 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
         (index.join(), tasks, spans, summary, rows)
     });
     let (task_index, duplicates) =
-        task_index.map_err(|_| Error::Failed("indexing the task entries failed unexpectedly".into()))?;
+        task_index.map_err(|_| Error::Failed("indexing the task entries failed unexpectedly".into()))??;
     warnings.extend(duplicates);
     errors.sort_by(|a, b| a.file.cmp(&b.file));
     log::debug!(
@@ -929,13 +929,22 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
     let within = Some(&results_fd);
     // One batch of files: read into one buffer, which becomes the document every entry
     // of these files borrows from; then parsed.
+    // One batch of files. Each `<agent>.json` is appended to one string, which becomes
+    // the document every entry of these files borrows from, and parsed once all are
+    // read; a results log is read and parsed on its own (its last line may be cut).
     let read_batch = |names: &[String]| -> Vec<std::result::Result<(String, AgentResults), ReportError>> {
-        let mut buf = Vec::new();
+        let mut text = String::new();
         let read: Vec<_> = names
             .iter()
             .map(|name| {
                 let path = results_dir.join(name);
-                if SessionDir::result_log_agent(name).is_none() && SessionDir::result_file_agent(name).is_none() {
+                let error = |e: Error| error_entry(dir, &path, &e);
+                if let Some(agent) = SessionDir::result_log_agent(name) {
+                    return read_listed_with(within, &path, |bytes| parse_result_log(&path, bytes))
+                        .map(|r| Err((agent, r)))
+                        .map_err(error);
+                }
+                if SessionDir::result_file_agent(name).is_none() {
                     return Err(ReportError {
                         file: format!("results/{name}"),
                         line: None,
@@ -945,32 +954,24 @@ fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<
                                 .into(),
                     });
                 }
-                read_listed_file(within, &path, &mut buf).map_err(|e| error_entry(dir, &path, &e))
+                read_listed_text(within, &path, &mut text).map(Ok).map_err(error)
             })
             .collect();
-        let mut read: Vec<std::result::Result<Range<usize>, ReportError>> = read;
-        let (files, ranges): (Vec<usize>, Vec<Range<usize>>) =
-            read.iter().enumerate().filter_map(|(k, r)| Some((k, r.as_ref().ok()?.clone()))).unzip();
-        let (doc, bad) = batch_text(buf, &ranges);
-        for (i, at) in bad {
-            let k = files[i];
-            read[k] = Err(error_entry(dir, &results_dir.join(&names[k]), &not_utf8(at)));
-        }
-        let doc = Arc::new(doc);
+        let doc = Arc::new(text);
         names
             .iter()
             .zip(read)
-            .map(|(name, range)| {
-                let range = range?;
-                let path = results_dir.join(name);
-                let parsed = match SessionDir::result_log_agent(name) {
-                    Some(agent) => parse_result_log(&path, doc[range].as_bytes()).map(|r| (agent, r)),
-                    None => {
+            .map(|(name, read)| {
+                let (agent, r) = match read? {
+                    Err(log) => log,
+                    Ok(range) => {
+                        let path = results_dir.join(name);
                         let agent = SessionDir::result_file_agent(name).unwrap_or_default();
-                        parse_result_in(&path, &doc, range).and_then(check_execution_time).map(|r| (agent, r))
+                        let r = parse_result_in(&path, &doc, range).and_then(check_execution_time);
+                        (agent, r.map_err(|e| error_entry(dir, &path, &e))?)
                     }
                 };
-                parsed.map(|(agent, r)| (agent.to_string(), r)).map_err(|e| error_entry(dir, &path, &e))
+                Ok((agent.to_string(), r))
             })
             .collect()
     };
@@ -1136,18 +1137,22 @@ fn read_regular_file(within: Option<&std::fs::File>, path: &Path) -> Result<Vec<
     Ok(bytes)
 }
 
-/// Like [`read_regular_file`], for a file the directory listing said is a regular file,
-/// appended to `buf`: no `fstat` (three system calls). It is still opened with
-/// `O_NOFOLLOW` and `O_NONBLOCK`, so a file swapped for a link or a FIFO since the listing
-/// is refused or reads as empty (and then fails to parse), never followed or waited on.
-/// Read through a 64 KiB buffer kept by the thread: a shorter read is the end of the file.
-fn read_listed_file(within: Option<&std::fs::File>, path: &Path, buf: &mut Vec<u8>) -> Result<Range<usize>> {
+/// Like [`read_regular_file`], for a file the directory listing said is a regular file:
+/// no `fstat` (three system calls). It is still opened with `O_NOFOLLOW` and
+/// `O_NONBLOCK`, so a file swapped for a link or a FIFO since the listing is refused or
+/// reads as empty (and then fails to parse), never followed or waited on. Read through
+/// a 64 KiB buffer kept by the thread (a shorter read is the end of the file), and
+/// handed whole to `then`.
+fn read_listed_with<R>(
+    within: Option<&std::fs::File>,
+    path: &Path,
+    then: impl FnOnce(&[u8]) -> Result<R>,
+) -> Result<R> {
     use std::io::Read;
     thread_local! {
         static ROOM: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; 64 << 10]);
     }
     let mut file = open_no_follow(within, path)?;
-    let start = buf.len();
     ROOM.with_borrow_mut(|room| {
         let n = loop {
             match file.read(room) {
@@ -1155,45 +1160,26 @@ fn read_listed_file(within: Option<&std::fs::File>, path: &Path, buf: &mut Vec<u
                 other => break other.ctx("read", path)?,
             }
         };
-        buf.extend_from_slice(&room[..n]);
-        if n == room.len() {
-            file.read_to_end(buf).ctx("read", path)?;
+        if n < room.len() {
+            return then(&room[..n]);
         }
-        Ok(start..buf.len())
+        let mut bytes = room.clone();
+        file.read_to_end(&mut bytes).ctx("read", path)?;
+        then(&bytes)
     })
 }
 
-/// Makes one string of the files read back to back into `buf`, at `ranges`. The bytes
-/// of a file that is not UTF-8 are blanked, so that the others keep their ranges; such
-/// files are returned as `(index in ranges, offset of the first bad byte)`.
-fn batch_text(mut buf: Vec<u8>, ranges: &[Range<usize>]) -> (String, Vec<(usize, usize)>) {
-    let mut bad = Vec::new();
-    loop {
-        match String::from_utf8(buf) {
-            Ok(text) => return (text, bad),
-            Err(e) => {
-                let at = e.utf8_error().valid_up_to();
-                buf = e.into_bytes();
-                // Every byte is in one file's range; blanking it whole moves past it.
-                let blank = match ranges.iter().position(|r| r.contains(&at)) {
-                    Some(i) => {
-                        bad.push((i, at - ranges[i].start));
-                        ranges[i].clone()
-                    }
-                    None => at..at + e_len(&buf[at..]),
-                };
-                buf[blank].fill(b' ');
-            }
-        }
-    }
-}
-
-/// Length of the invalid UTF-8 sequence at the start of `bytes` (at least 1).
-fn e_len(bytes: &[u8]) -> usize {
-    match std::str::from_utf8(bytes) {
-        Err(e) => e.error_len().unwrap_or(bytes.len()).max(1),
-        Ok(_) => 1,
-    }
+/// [`read_listed_with`] for a file that must be UTF-8 (as JSON text is), appended to
+/// `text`; the range it takes there is returned. A file that is not UTF-8 is an error
+/// giving the offset of its first bad byte, and nothing is appended: each file is
+/// checked on its own, so a character cut between two files never passes.
+fn read_listed_text(within: Option<&std::fs::File>, path: &Path, text: &mut String) -> Result<Range<usize>> {
+    read_listed_with(within, path, |bytes| {
+        let s = std::str::from_utf8(bytes).map_err(|e| not_utf8(e.valid_up_to()))?;
+        let start = text.len();
+        text.push_str(s);
+        Ok(start..text.len())
+    })
 }
 
 fn not_regular() -> Error {
@@ -1233,11 +1219,21 @@ fn error_entry(dir: &SessionDir, path: &Path, e: &Error) -> ReportError {
     }
 }
 
+/// [`Collected::task_index`], and the warnings about ids reported by several agents.
+type TaskIndex = (Vec<(u32, u32)>, Vec<String>);
+
 /// Builds [`Collected::task_index`] in one pass, and warns about every task id that more
 /// than one agent reports (naming the agents in order; by_task keeps the last one's).
-fn index_tasks(by_agent: &[(String, AgentResults)]) -> (Vec<(u32, u32)>, Vec<String>) {
+fn index_tasks(by_agent: &[(String, AgentResults)]) -> Result<TaskIndex> {
     use std::collections::hash_map::Entry;
-    let total = by_agent.iter().map(|(_, r)| r.tasks.len()).sum();
+    let total: usize = by_agent.iter().map(|(_, r)| r.tasks.len()).sum();
+    // Positions are kept in 32 bits (half the memory of the index).
+    if u32::try_from(total.max(by_agent.len())).is_err() {
+        return Err(Error::Failed(format!(
+            "{total} task entries in {} result files: more than can be indexed",
+            by_agent.len()
+        )));
+    }
     // Slot in `index` of the first id seen with each hash (hashed while the files were
     // parsed), and the agent that reported it first. A different id with the same hash
     // goes to `overflow`, keyed by the id itself.
@@ -1290,7 +1286,7 @@ fn index_tasks(by_agent: &[(String, AgentResults)]) -> (Vec<(u32, u32)>, Vec<Str
             )
         })
         .collect();
-    (index, warnings)
+    Ok((index, warnings))
 }
 
 /// Timeline bars from result entries that carry their own times (`started_at` or
@@ -1433,6 +1429,41 @@ mod tests {
         (tmp, c)
     }
 
+    /// Files are read into one buffer per batch, but each must be UTF-8 on its own: a
+    /// character cut between two files is two bad files, never one good string (and
+    /// never a slice cut inside a character). A results log whose unfinished last line
+    /// ends inside a character is still read up to that line.
+    #[test]
+    fn each_file_is_checked_as_utf8_on_its_own() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let base = crate::layout::Base::new(tmp.path().join("base"));
+        let dir = crate::session::init(&base, "t").expect("init");
+        let files: &[(&str, &[u8])] = &[
+            ("a.json", b"{\"tasks\": []}\xc3"),
+            ("b.json", b"\xa9{\"tasks\": []}"),
+            ("c.json", br#"{"tasks": [{"id": "c1", "status": "completed"}]}"#),
+            ("d.jsonl", b"{\"tasks\": [{\"id\": \"d1\", \"status\": \"completed\"}]}\n{\"tasks\": [{\"id\": \"caf\xc3"),
+            ("e.json", b"{\"tasks\": [{\"id\": \"\xf0\x9f"),
+            ("f.json", b"\x98\x80\", \"status\": \"s\"}]}"),
+        ];
+        for (name, bytes) in files {
+            std::fs::write(dir.results_dir().join(name), bytes).expect("plant");
+        }
+        let c = collect(&dir).expect("collect");
+        let agents: Vec<_> = c.by_agent.iter().map(|(a, r)| (a.as_str(), r.tasks.len())).collect();
+        assert_eq!(agents, [("c", 1), ("d", 1)]);
+        let bad: Vec<_> = c.errors.iter().map(|e| (e.file.as_str(), e.message.as_str())).collect();
+        assert_eq!(
+            bad,
+            [
+                ("results/a.json", "not UTF-8 at byte 13 (JSON text is UTF-8)"),
+                ("results/b.json", "not UTF-8 at byte 0 (JSON text is UTF-8)"),
+                ("results/e.json", "not UTF-8 at byte 19 (JSON text is UTF-8)"),
+                ("results/f.json", "not UTF-8 at byte 0 (JSON text is UTF-8)"),
+            ]
+        );
+    }
+
     /// Two different ids with the same hash are still two entries of by_task, and a
     /// repeated id is still one, whichever of the two it is.
     #[test]
@@ -1446,7 +1477,7 @@ mod tests {
                 t.id_hash = 7;
             }
         }
-        let (index, warnings) = index_tasks(&c.by_agent);
+        let (index, warnings) = index_tasks(&c.by_agent).expect("index");
         let v = serde_json::to_value(ByTask { by_agent: &c.by_agent, index: &index }).expect("ser");
         assert_eq!(
             v,
