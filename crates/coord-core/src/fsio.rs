@@ -33,8 +33,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// bookkeeping. An exchange is not a replace, so that writeback does not protect it
 /// either: after a power loss (not a process death) the file can be found empty. Without
 /// `COORD_FSYNC=1` no write promises power-loss durability (see docs/layout.md); with it
-/// the file is fsynced first as always. Where the exchange is unsupported (NFS, older kernels) or `path` is missing,
-/// this is a plain rename.
+/// the file is fsynced first as always. Where the exchange is unsupported (NFS, older
+/// kernels) or `path` is missing, this is a plain rename.
 pub fn replace_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     publish(write_temp(path, bytes)?, path)
 }

@@ -50,13 +50,9 @@ pub(super) enum Str {
 pub(super) fn scan(doc: &str) -> Option<Scanned> {
     let mut s = Scanner { b: doc.as_bytes(), i: 0 };
     s.ws();
-    s.eat(b'{')?;
     let (mut tasks, mut execution_time) = (None, None);
-    loop {
-        s.ws();
-        let key = s.key()?;
-        s.ws();
-        match key {
+    s.list(b'{', b'}', |s| {
+        match s.key()? {
             b"tasks" if tasks.is_none() => tasks = Some(s.tasks(doc)?),
             b"execution_time" if execution_time.is_none() => {
                 let at = s.i;
@@ -73,13 +69,8 @@ pub(super) fn scan(doc: &str) -> Option<Scanned> {
             b"tasks" | b"execution_time" => return None,
             _ => s.value(1)?,
         }
-        s.ws();
-        match s.next()? {
-            b',' => continue,
-            b'}' => break,
-            _ => return None,
-        }
-    }
+        Some(())
+    })?;
     s.ws();
     if s.i != s.b.len() {
         return None;
@@ -114,7 +105,8 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// An object key and its colon; a key with escapes is left to serde_json.
+    /// An object key, its colon and the whitespace after it; a key with escapes is left
+    /// to serde_json.
     fn key(&mut self) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let start = self.i;
@@ -125,7 +117,30 @@ impl<'a> Scanner<'a> {
         let key = &b[start..self.i - 1];
         self.ws();
         self.eat(b':')?;
+        self.ws();
         Some(key)
+    }
+
+    /// An array or object: `open`, then items separated by commas, then `close`, with
+    /// whitespace allowed around each item; `item` reads one (an object's item is a
+    /// member: key, colon and value).
+    fn list(&mut self, open: u8, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(open)?;
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            item(self)?;
+            self.ws();
+            match self.next()? {
+                b',' => {}
+                c if c == close => return Some(()),
+                _ => return None,
+            }
+        }
     }
 
     /// The rest of a string whose opening quote was read, through its closing quote.
@@ -236,53 +251,16 @@ impl<'a> Scanner<'a> {
                 self.i += 1;
                 self.string().map(drop)
             }
-            b'{' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.i += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.eat(b'"')?;
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => {}
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
-            b'[' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
-                self.i += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => {}
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
-            }
+            // Keys of skipped objects may have escapes: they are only checked.
+            b'{' if depth < MAX_DEPTH => self.list(b'{', b'}', |s| {
+                s.eat(b'"')?;
+                s.string()?;
+                s.ws();
+                s.eat(b':')?;
+                s.ws();
+                s.value(depth + 1)
+            }),
+            b'[' if depth < MAX_DEPTH => self.list(b'[', b']', |s| s.value(depth + 1)),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
@@ -293,60 +271,37 @@ impl<'a> Scanner<'a> {
 
     /// The `tasks` array.
     fn tasks(&mut self, doc: &str) -> Option<Vec<ScannedTask>> {
-        self.eat(b'[')?;
         let mut tasks = Vec::new();
-        self.ws();
-        if self.peek()? == b']' {
-            self.i += 1;
-            return Some(tasks);
-        }
-        loop {
-            self.ws();
-            tasks.push(self.task(doc)?);
-            self.ws();
-            match self.next()? {
-                b',' => {}
-                b']' => return Some(tasks),
-                _ => return None,
-            }
-        }
+        self.list(b'[', b']', |s| {
+            tasks.push(s.task(doc)?);
+            Some(())
+        })?;
+        Some(tasks)
     }
 
     /// One task entry: an object with string `id` and `status` (the last one of each
     /// wins, as in serde_json's reading), the [`READ_FIELDS`] parsed, the rest skipped.
     fn task(&mut self, doc: &str) -> Option<ScannedTask> {
         let start = self.i;
-        self.eat(b'{')?;
         let (mut id, mut status, mut fields) = (None, None, None::<Box<Map<String, Value>>>);
-        self.ws();
-        if self.peek()? == b'}' {
-            return None; // no id: serde_json says so
-        }
-        loop {
-            self.ws();
-            let key = self.key()?;
-            self.ws();
-            match key {
-                b"id" => id = Some(self.str(doc)?),
-                b"status" => status = Some(self.str(doc)?),
-                _ => {
-                    let at = self.i;
-                    self.value(3)?;
+        self.list(b'{', b'}', |s| {
+            match s.key()? {
+                b"id" => id = Some(s.str(doc)?),
+                b"status" => status = Some(s.str(doc)?),
+                key => {
+                    let at = s.i;
+                    s.value(3)?;
                     if let Ok(key) = std::str::from_utf8(key)
                         && READ_FIELDS.contains(&key)
                     {
-                        let v: Value = serde_json::from_str(&doc[at..self.i]).ok()?;
+                        let v: Value = serde_json::from_str(&doc[at..s.i]).ok()?;
                         fields.get_or_insert_default().insert(key.to_string(), v);
                     }
                 }
             }
-            self.ws();
-            match self.next()? {
-                b',' => {}
-                b'}' => break,
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
+        // Without an id or a status, serde_json says which is missing.
         Some(ScannedTask { span: start..self.i, id: id?, status: status?, fields })
     }
 
