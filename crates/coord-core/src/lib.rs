@@ -20,6 +20,7 @@ pub mod layout;
 pub mod lock;
 pub mod mailbox;
 pub mod output;
+pub mod overview;
 pub mod record;
 pub mod registry;
 pub mod report;

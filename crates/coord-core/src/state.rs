@@ -54,6 +54,46 @@ pub fn set(dir: &SessionDir, key: &str, pointer: &str, value: Value, timeout: Du
     Ok(doc)
 }
 
+/// Applies an RFC 7386 JSON merge patch to a key's document (`null` if the key is new)
+/// under the key's lock, and returns the new document. In the patch, an object merges
+/// key by key, `null` removes a member, and anything else replaces what is there.
+pub fn merge(dir: &SessionDir, key: &str, patch: Value, timeout: Duration) -> Result<Value> {
+    id::validate("state key", key)?;
+    let _guard = dir.lock(key, timeout)?;
+    let path = dir.state_file(key);
+    let mut doc = fsio::read_json_opt(&path)?.unwrap_or(Value::Null);
+    merge_patch(&mut doc, patch);
+    let bytes = fsio::to_json_bytes(&doc);
+    if let Err(e) = serde_json::from_slice::<Value>(&bytes) {
+        return Err(Error::Usage(format!(
+            "cannot merge into state key {key:?}: the document would not read back ({e}); nothing was changed"
+        )));
+    }
+    fsio::write_atomic(&path, &bytes)?;
+    Ok(doc)
+}
+
+/// RFC 7386 merge: `patch` applied to `target` in place. Members keep their order; new
+/// members go at the end.
+pub fn merge_patch(target: &mut Value, patch: Value) {
+    let Value::Object(members) = patch else {
+        *target = patch;
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(doc) = target {
+        for (name, value) in members {
+            if value.is_null() {
+                doc.shift_remove(&name);
+            } else {
+                merge_patch(doc.entry(name).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 /// Runs `cmd` with the key's current document (`null` if the key is new) on stdin,
 /// under the key's lock. If `cmd` exits 0 and prints one valid JSON value, that value
 /// replaces the document and is returned; otherwise nothing changes.
@@ -274,6 +314,46 @@ mod tests {
         assert_eq!(err.exit_code(), 2, "{err}");
         assert!(err.to_string().contains("would not read back"), "{err}");
         assert_eq!(get(&dir, "k").expect("the key still reads"), json!({"a": 1}));
+    }
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        // The examples of RFC 7386, appendix A.
+        let cases = [
+            (json!({"a": "b"}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "b"}), json!({"b": "c"}), json!({"a": "b", "b": "c"})),
+            (json!({"a": "b"}), json!({"a": null}), json!({})),
+            (json!({"a": "b", "b": "c"}), json!({"a": null}), json!({"b": "c"})),
+            (json!({"a": ["b"]}), json!({"a": "c"}), json!({"a": "c"})),
+            (json!({"a": "c"}), json!({"a": ["b"]}), json!({"a": ["b"]})),
+            (json!({"a": {"b": "c"}}), json!({"a": {"b": "d", "c": null}}), json!({"a": {"b": "d"}})),
+            (json!({"a": [{"b": "c"}]}), json!({"a": [1]}), json!({"a": [1]})),
+            (json!(["a", "b"]), json!(["c", "d"]), json!(["c", "d"])),
+            (json!({"a": "b"}), json!(["c"]), json!(["c"])),
+            (json!({"a": "foo"}), json!(null), json!(null)),
+            (json!({"a": "foo"}), json!("bar"), json!("bar")),
+            (json!({"e": null}), json!({"a": 1}), json!({"e": null, "a": 1})),
+            (json!([1, 2]), json!({"a": "b", "c": null}), json!({"a": "b"})),
+            (json!({}), json!({"a": {"bb": {"ccc": null}}}), json!({"a": {"bb": {}}})),
+        ];
+        for (mut doc, patch, want) in cases {
+            merge_patch(&mut doc, patch.clone());
+            assert_eq!(doc, want, "patch {patch}");
+        }
+        let mut ordered = json!({"x": 1, "y": 2, "z": 3});
+        merge_patch(&mut ordered, json!({"x": null, "w": 0}));
+        assert_eq!(serde_json::to_string(&ordered).expect("text"), r#"{"y":2,"z":3,"w":0}"#);
+    }
+
+    #[test]
+    fn merge_creates_changes_and_keeps_a_key() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&crate::layout::Base::new(tmp.path().join("base")), "t").expect("init");
+        let t = Duration::from_secs(5);
+        assert_eq!(merge(&dir, "g", json!({"phase": "a", "n": 1}), t).expect("new key"), json!({"phase": "a", "n": 1}));
+        assert_eq!(merge(&dir, "g", json!({"n": null, "m": 2}), t).expect("merge"), json!({"phase": "a", "m": 2}));
+        assert_eq!(get(&dir, "g").expect("read back"), json!({"phase": "a", "m": 2}));
+        assert_eq!(merge(&dir, "../g", json!({}), t).expect_err("bad key").exit_code(), 2);
     }
 
     #[test]

@@ -1,38 +1,11 @@
 //! `healthmon status`: the overview a person looks at.
 
-use std::time::Duration;
-
-use coord_core::{Result, SessionDir, error::exit, health, mailbox, output, session, state, task};
-use serde_json::{Value, json};
+use coord_core::{Result, SessionDir, error::exit, output, overview};
+use serde_json::Value;
 
 /// Gathers the overview and prints it as a table, or as one JSON object with `json`.
 pub fn show(dir: &SessionDir, as_json: bool) -> Result<u8> {
-    let s = session::read(dir)?;
-    let global = state::get(dir, "global").unwrap_or(Value::Null);
-    let (agents, mut problems) = health::agent_views(dir, Duration::from_secs(30))?;
-    let mut mailboxes = Vec::new();
-    for a in &agents {
-        match mailbox::count(dir, &a.id) {
-            Ok(c) => mailboxes.push(c),
-            Err(e) => problems.push(format!("mailbox of {}: {e}", a.id)),
-        }
-    }
-    let tasks = match task::list_all(dir) {
-        Ok(all) => serde_json::to_value(task::count(&all)).unwrap_or(Value::Null),
-        Err(e) => {
-            problems.push(format!("tasks: {e}"));
-            Value::Null
-        }
-    };
-    let overview = json!({
-        "session": {"id": s.id, "operation": s.operation, "status": s.status, "started_at": s.started_at},
-        "phase": global.get("phase").cloned().unwrap_or(Value::Null),
-        "operation_progress": global.get("operation_progress").cloned().unwrap_or(Value::Null),
-        "agents": agents,
-        "mailboxes": mailboxes,
-        "tasks": tasks,
-        "problems": problems,
-    });
+    let overview = overview::overview(dir)?;
     if as_json {
         output::print(&overview)?;
     } else {

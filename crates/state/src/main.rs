@@ -45,6 +45,17 @@ enum Cmd {
         #[arg(long)]
         string: bool,
     },
+    /// Apply a JSON merge patch (RFC 7386) to a key's document and print the result
+    #[command(after_help = "In PATCH an object merges member by member, null removes a member, and any other\n\
+        value replaces what is there. A new key starts as null, so the patch becomes the document.")]
+    Merge {
+        /// State key (state/<KEY>.json)
+        #[arg(value_parser = id::parser("state key"))]
+        key: String,
+        /// The patch, as JSON; may start with '-'
+        #[arg(allow_hyphen_values = true)]
+        patch: String,
+    },
     /// Replace a key's document with the output of CMD, which reads the current one on stdin
     #[command(
         after_help = "CMD gets the current document (null for a new key) on stdin while the key's lock is held.\n\
@@ -76,11 +87,12 @@ Examples:
   state set global /phase '\"analysis\"'
   state set global /phase analysis --string
   state set global /warnings/- '{\"msg\": \"slow disk\"}'
+  state merge global '{\"phase\": \"analysis\", \"blocked_on\": null}'
   state update global -- jq '.operation_progress = 50'
   state lock deploy -- ./deploy.sh
 
 Exit codes: 0 ok, 1 failed (missing key or pointer, malformed file, CMD failed or printed
-invalid JSON, lock timeout), 2 bad usage (invalid id or pointer, invalid JSON VALUE, no
+invalid JSON, lock timeout), 2 bad usage (invalid id or pointer, invalid JSON VALUE or PATCH, no
 such session). `state lock` exits with CMD's code (127 not found, 126 not runnable).";
 
 fn main() -> ExitCode {
@@ -108,6 +120,13 @@ fn main() -> ExitCode {
                     })?
                 };
                 state::set(&dir, &key, &pointer, value, timeout)?;
+                Ok(exit::OK)
+            }
+            Cmd::Merge { key, patch } => {
+                let patch: Value = serde_json::from_str(&patch).map_err(|e| {
+                    coord_core::Error::Usage(format!("PATCH {patch:?} is not valid JSON ({e}); nothing was changed"))
+                })?;
+                output::print(&state::merge(&dir, &key, patch, timeout)?)?;
                 Ok(exit::OK)
             }
             Cmd::Update { key, cmd } => {

@@ -158,6 +158,12 @@ pub struct Signals {
 impl Signals {
     /// Installs the handlers. Until dropped... they stay for the life of the process.
     pub fn install() -> std::io::Result<Signals> {
+        Signals::install_with_trigger().map(|(signals, _)| signals)
+    }
+
+    /// [`Signals::install`], plus a trigger: writing a byte to it counts as a signal, so
+    /// a program can end its own waits (on end of input, say) the way SIGTERM would.
+    pub fn install_with_trigger() -> std::io::Result<(Signals, UnixStream)> {
         let (reader, writer) = UnixStream::pair()?;
         reader.set_nonblocking(true)?;
         writer.set_nonblocking(true)?;
@@ -165,12 +171,18 @@ impl Signals {
             let w: OwnedFd = writer.try_clone()?.into();
             signal_hook::low_level::pipe::register(sig, w)?;
         }
-        Ok(Signals { reader })
+        Ok((Signals { reader }, writer))
     }
 
     /// The descriptor that becomes readable when a signal arrives (for poll(2)).
     pub fn fd(&self) -> RawFd {
         self.reader.as_raw_fd()
+    }
+
+    /// The same descriptor, borrowed (for [`crate::mailbox::StopFds`]).
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.reader.as_fd()
     }
 
     /// Whether a signal has arrived (does not consume it).
