@@ -17,7 +17,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 . "$root/scripts/lib/release.sh"
 prefix=${1:-$HOME/.local}
-tools=(session-init registry state msgq taskd healthmon aggregate archive)
+tools=(session-init registry state msgq taskd healthmon aggregate archive coord-mcp)
 
 bin=${COORD_BIN:-$(coord_release_dir)}
 mkdir -p "$prefix/bin"

@@ -7,8 +7,8 @@ use std::process::Command;
 use crate::util::bin;
 
 /// The tools, in the order the README lists them.
-pub const TOOLS: [&str; 8] =
-    ["session-init", "registry", "state", "msgq", "taskd", "healthmon", "aggregate", "archive"];
+pub const TOOLS: [&str; 9] =
+    ["session-init", "registry", "state", "msgq", "taskd", "healthmon", "aggregate", "archive", "coord-mcp"];
 
 /// `TOOL [SUB] --help` with a fixed width and no COORD_* variables (their values show).
 fn help(tool: &str, sub: Option<&str>) -> String {

@@ -12,6 +12,7 @@ mod distributed;
 mod foundation;
 mod healthmon;
 mod help;
+mod mcp;
 mod msgq;
 mod patterns;
 mod readme;

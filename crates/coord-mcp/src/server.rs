@@ -897,6 +897,27 @@ flags, and session_status to see the whole session.";
 
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for Coord {
+    /// Routes the call; arguments that do not match the tool's schema (rmcp reports them
+    /// as a tool error with text only) get the same `{error, exit_code}` shape as every
+    /// other tool error, with the command line's exit code for bad usage.
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: rmcp::service::RequestContext<rmcp::RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, ErrorData> {
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        let mut response = self.tool_router.call(tcc).await?;
+        if let rmcp::model::CallToolResponse::Complete(r) = &mut response
+            && r.is_error == Some(true)
+            && r.structured_content.is_none()
+        {
+            let text: Vec<&str> = r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.as_str())).collect();
+            let message = text.join("\n");
+            r.structured_content = Some(json!({"error": message, "exit_code": coord_core::error::exit::USAGE}));
+        }
+        Ok(response)
+    }
+
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("coord-mcp", env!("CARGO_PKG_VERSION")))
