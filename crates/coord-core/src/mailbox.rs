@@ -177,17 +177,7 @@ pub struct Counts {
 // ---------------------------------------------------------------------------------------
 // Mailbox creation and sending
 
-/// Creates `messages/<agent>/{tmp,new,cur,done,dead}` if missing. Idempotent.
-pub fn ensure_mailbox(dir: &SessionDir, agent: &str) -> Result<()> {
-    id::validate("agent", agent)?;
-    for d in [dir.mailbox_tmp(agent), dir.mailbox_new(agent), dir.mailbox_cur(agent)] {
-        fsio::ensure_dir(&d)?;
-    }
-    for d in [dir.mailbox_done(agent), dir.mailbox_dead(agent)] {
-        fsio::ensure_dir(&d)?;
-    }
-    Ok(())
-}
+pub use crate::layout::ensure_mailbox;
 
 /// Sends `msg` to a registered agent and returns the stored message.
 ///
