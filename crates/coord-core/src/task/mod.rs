@@ -1051,7 +1051,7 @@ fn after_final(dir: &SessionDir, t: &Task, unassign: Unassign, again: bool, time
 
 /// Whether `results/<agent>.jsonl` already holds an entry for task `id`.
 fn result_recorded(dir: &SessionDir, agent: &str, id: &str) -> bool {
-    crate::report::read_result_log(&dir.result_log(agent)).is_ok_and(|r| r.tasks.iter().any(|e| e.id() == id))
+    crate::results::read_result_log(&dir.result_log(agent)).is_ok_and(|r| r.tasks.iter().any(|e| e.id() == id))
 }
 
 /// Appends a finished task to `results/<agent>.jsonl`, the agent's results log: one
