@@ -2,7 +2,7 @@
 //! `results/<agent>.jsonl` log task completion appends to (one document a line). This
 //! module owns their data model ([`TaskResult`], [`AgentResults`]), parsing them (a
 //! one-pass scanner for the usual shape, serde_json for the rest and for exact error
-//! positions: [`parse`](self)) and reading them safely from disk (never through a link:
+//! positions: `parse`) and reading them safely from disk (never through a link:
 //! `read`). It reads files under `results/` and writes nothing. It sits below both the
 //! task queue (which checks its own log) and the report (which aggregates every file),
 //! so neither has to import the other for it.

@@ -1,11 +1,13 @@
 //! Unit tests of the task queue's state machine against a real session directory.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::store::{finishing_file, locate, try_task_lock};
 use super::*;
-use crate::layout::Base;
+use crate::layout::{Base, SessionDir};
+use crate::{fsio, registry, time};
 
 const T: Duration = Duration::from_secs(5);
 
