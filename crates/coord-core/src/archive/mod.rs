@@ -18,7 +18,8 @@
 //! 6. with `--remove`, rename the session directory out of view and delete it.
 //!
 //! The walk never follows a symbolic link: links are stored as links, regular files are
-//! opened with `O_NOFOLLOW`, and nothing outside the session directory is read.//!
+//! opened with `O_NOFOLLOW`, and nothing outside the session directory is read.
+//!
 //! The parts: `create` (steps 1 to 5), `verify` (step 3's read-back), `expire` (gc
 //! and list) and `extract` (the hostile-archive-proof extractor). This file holds the
 //! options and outcome types and re-exports every public item.
