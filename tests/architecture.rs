@@ -55,30 +55,30 @@ fn the_graph_has_the_layers_of_docs_architecture() {
     }
 }
 
-#[test]
-fn an_injected_circle_fails_and_is_named() {
+/// A copy of coord-core's sources in which `rel` ends with `extra`; the check's output on it.
+fn check_with(rel: &str, extra: &str) -> Output {
     let tmp = tempfile::tempdir().expect("tempdir");
     let src = tmp.path().join("src");
     copy_sources(&root().join("crates/coord-core/src"), &src);
-    // registry -> mailbox already runs the other way (mailbox uses registry::load).
-    let file = src.join("registry.rs");
-    let code = std::fs::read_to_string(&file).expect("read registry.rs");
-    std::fs::write(&file, format!("{code}\nfn _circle() {{\n    let _ = crate::mailbox::BROADCAST_TO;\n}}\n"))
-        .expect("write");
-    let out = check_deps(&[src.as_os_str()]);
+    let file = src.join(rel);
+    let code = std::fs::read_to_string(&file).expect("read the copy");
+    std::fs::write(&file, format!("{code}\n{extra}\n")).expect("write the copy");
+    check_deps(&[src.as_os_str()])
+}
+
+#[test]
+fn an_injected_circle_fails_and_is_named() {
+    // registry -> mailbox: mailbox already uses registry (registry::load).
+    let out = check_with("registry.rs", "fn _circle() {\n    let _ = crate::mailbox::BROADCAST_TO;\n}");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_names_circle(&text(&out.stderr), "registry", "mailbox");
-
-    // A grouped import counts too, and a comment does not.
-    std::fs::write(&file, format!("{code}\n// crate::mailbox::send\n")).expect("write");
-    assert!(check_deps(&[src.as_os_str()]).status.success(), "a comment is not a reference");
-    let file = src.join("results/mod.rs");
-    let code = std::fs::read_to_string(&file).expect("read results/mod.rs");
-    std::fs::write(&file, format!("{code}\n#[allow(unused_imports)]\nuse crate::{{fsio, task::{{Task, Status}}}};\n"))
-        .expect("write");
-    let out = check_deps(&[src.as_os_str()]);
+    // A grouped import counts too.
+    let out = check_with("results/mod.rs", "#[allow(unused_imports)]\nuse crate::{fsio, task::{Status, Task}};");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_names_circle(&text(&out.stderr), "results", "task");
+    // A comment does not.
+    let out = check_with("registry.rs", "// crate::mailbox::send");
+    assert!(out.status.success(), "a comment is not a reference: {}", text(&out.stderr));
 }
 
 #[test]
