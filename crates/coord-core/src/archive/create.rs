@@ -1,4 +1,4 @@
-//! Creating an archive: steps 1 to 5 of the order above. It walks the session
+//! Creating an archive: steps 1 to 5 of the order in [`super`]. It walks the session
 //! directory without following links (temporaries `.<name>.tmp` and the archive being
 //! written skipped), writes a gzip-compressed tar to a hidden temporary file next to the
 //! destination (`<base>/<session>.tar.gz` or `--output`) with the completed

@@ -1,7 +1,8 @@
 //! Expiry, garbage collection and listing under the base directory: `gc` removes the
-//! session directories whose archive is verified and whose expiry (`expires_at` in
-//! `session.json`) has passed (renamed out of view first, then deleted without
-//! following links); `list` tells each session's status, archive and size.
+//! directories of completed sessions whose archive (`archive` in `session.json`) is
+//! there and whose expiry (`expires_at`) has passed, or that ended longer ago than asked
+//! (renamed out of view first, then deleted without following links; archives are never
+//! touched); `list` tells each session's status, archive and size.
 
 use std::collections::BTreeMap;
 use std::fs::File;
