@@ -18,9 +18,10 @@ use super::{BROADCAST_TO, Message};
 /// Claims up to `max` messages for `agent`, in delivery order, without waiting.
 ///
 /// Each claim is an atomic rename from `new/` into `cur/`; the messages are in flight
-/// until [`ack`]ed or [`requeue`]d. Returns an empty list when the queue is empty. Files
-/// that are not messages are moved to `bad/` with a warning and skipped. A missing
-/// mailbox is created for a registered agent and refused for an unknown one.
+/// until [`ack`](super::ack())ed or [`requeue`](super::requeue())d. Returns an empty
+/// list when the queue is empty. Files that are not messages are moved to `bad/` with a
+/// warning and skipped. A missing mailbox is created for a registered agent and refused
+/// for an unknown one.
 pub fn claim(dir: &SessionDir, agent: &str, max: usize) -> Result<Vec<Message>> {
     id::validate("agent", agent)?;
     let new_dir = dir.mailbox_new(agent);

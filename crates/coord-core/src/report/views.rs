@@ -13,7 +13,7 @@ use super::{AgentRow, Performance, ReportError, Span, Summary, TaskCounts};
 use crate::record::Session;
 use crate::results::{AgentResults, TaskResult, write_json_str};
 
-/// `state/results.json`: the seed's `{by_agent, by_task, summary}`, borrowed from [`Collected`].
+/// `state/results.json`: the seed's `{by_agent, by_task, summary}`, borrowed from [`Collected`](super::Collected).
 #[derive(Debug, Clone, Serialize)]
 pub struct ResultsView<'a> {
     /// Each agent's result file, as written (unknown fields kept).
@@ -64,7 +64,7 @@ fn write_raw_object<'a, W: Write, K>(
     w.write_all(b"}")
 }
 
-/// `by_agent` that [`Collected::task_index`] picks.
+/// `by_agent` that [`Collected::task_index`](super::Collected::task_index) picks.
 #[derive(Debug, Clone)]
 pub struct ByTask<'a> {
     pub(super) by_agent: &'a [(String, AgentResults)],
