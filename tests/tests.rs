@@ -7,6 +7,7 @@
 mod util;
 
 mod aggregate;
+mod architecture;
 mod archive;
 mod distributed;
 mod foundation;

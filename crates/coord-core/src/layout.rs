@@ -17,6 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::fsio;
 use crate::id;
 use crate::lock::{self, LockGuard};
 use crate::sys;
@@ -479,6 +480,22 @@ impl ToolLock {
             ToolLock::Mailbox => "_mailbox",
         }
     }
+}
+
+/// Creates `messages/<agent>/{tmp,new,cur,done,dead}` if missing. Idempotent.
+///
+/// Registration (the seed's "message queues ready") and every mailbox operation call
+/// this; it lives here, beside the paths it creates, so that neither the registry nor
+/// the mailbox has to import the other for it.
+pub fn ensure_mailbox(dir: &SessionDir, agent: &str) -> Result<()> {
+    id::validate("agent", agent)?;
+    for d in [dir.mailbox_tmp(agent), dir.mailbox_new(agent), dir.mailbox_cur(agent)] {
+        fsio::ensure_dir(&d)?;
+    }
+    for d in [dir.mailbox_done(agent), dir.mailbox_dead(agent)] {
+        fsio::ensure_dir(&d)?;
+    }
+    Ok(())
 }
 
 /// The file name of message `id` in a mailbox directory.

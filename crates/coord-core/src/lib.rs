@@ -4,7 +4,8 @@
 //! that directory: where each file lives ([`layout`]), what each record holds
 //! ([`record`]), how files are written and read ([`fsio`]), how locks are taken
 //! ([`lock`]), which ids are valid ([`id`]), and the operations the binaries expose
-//! ([`session`], [`registry`], [`state`], [`mailbox`], [`task`], [`report`], [`archive`]). The binaries
+//! ([`session`], [`registry`], [`state`], [`mailbox`], [`task`], [`results`], [`report`],
+//! [`archive`]). The binaries
 //! are thin: parse arguments, call
 //! in here, print through [`output`], exit through [`cli::run`].
 #![deny(missing_docs)]
@@ -24,6 +25,7 @@ pub mod overview;
 pub mod record;
 pub mod registry;
 pub mod report;
+pub mod results;
 pub mod session;
 pub mod state;
 pub mod sys;

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use crate::error::{Error, IoContext, Result};
 use crate::fsio;
 use crate::id;
-use crate::layout::{SessionDir, ToolLock};
+use crate::layout::{self, SessionDir, ToolLock};
 use crate::record::{Agent, status};
 use crate::session;
 use crate::sys;
@@ -145,7 +145,7 @@ pub fn register(dir: &SessionDir, req: &Registration, timeout: Duration) -> Resu
         fsio::replace_json(&dir.spread_tmp_dir(), &dir.agents_json(), &agents)?;
     }
     // The seed's "message queues ready": a registered agent can be sent to at once.
-    crate::mailbox::ensure_mailbox(dir, &req.id)?;
+    layout::ensure_mailbox(dir, &req.id)?;
     // Lock order is always registry, then session; here the registry lock is already
     // released, which is also fine: the session's agent list only ever grows.
     session::update(dir, timeout, |s| {

@@ -1,11 +1,13 @@
 //! Unit tests of the task queue's state machine against a real session directory.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::store::{finishing_file, locate, try_task_lock};
 use super::*;
-use crate::layout::Base;
+use crate::layout::{Base, SessionDir};
+use crate::{fsio, registry, time};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -55,7 +57,7 @@ fn the_life_of_a_task() {
     let results: Value = serde_json::from_str(log.trim_end()).expect("one seed-shaped document");
     assert_eq!(results["tasks"][0]["id"], "x");
     assert_eq!(results["agent"], "a");
-    let r = crate::report::read_result_log(&dir.result_log("a")).expect("aggregate reads it");
+    let r = crate::results::read_result_log(&dir.result_log("a")).expect("aggregate reads it");
     assert_eq!(r.tasks.len(), 1);
 }
 
@@ -219,7 +221,7 @@ fn an_interrupted_completion_is_finished_by_the_next_pass() {
         // Running the follow-up again does not append the results entry twice.
         std::fs::File::create(finishing_file(&dir, "p")).expect("mark again");
         wait(&dir, &["p".to_string()], Some(T)).expect("wait");
-        let results = crate::report::read_result_log(&dir.result_log("a")).expect("results");
+        let results = crate::results::read_result_log(&dir.result_log("a")).expect("results");
         assert_eq!(results.tasks.len(), 1);
         assert_eq!(registry::show(&dir, "a").expect("a").assigned_tasks, Vec::<String>::new());
     }

@@ -6,7 +6,7 @@
 //! one `tasks` array of objects and at most one numeric or null `execution_time`, keys
 //! without escapes. For anything else — any error, and any document it is not sure
 //! about — it answers `None`, and serde_json reads the document instead, with its exact
-//! error positions (see [`super::parse_result_text`]). So it never accepts what serde_json
+//! error positions (see [`super::parse_result_file`]). So it never accepts what serde_json
 //! refuses, and where it accepts it must find what serde_json finds: the property tests
 //! and the `result_file` fuzz target check that ([`super::fast_path_agrees`]).
 
@@ -320,7 +320,7 @@ impl<'a> Scanner<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fast_path_agrees;
+    use crate::results::fast_path_agrees;
 
     /// Documents at the edges of JSON and of the seed's shape: each is read as serde_json
     /// reads it, or left to serde_json, as marked.
