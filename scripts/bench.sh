@@ -11,7 +11,7 @@ usage() {
 Usage: scripts/bench.sh [--quick] [--write | --no-write] [SUITE...]
 
 Runs the benchmark suites of scripts/bench/ (default: all of them, taskd first, then
-the others in name order: taskd foundation healthmon msgq report; taskd goes before
+the others in name order: taskd foundation healthmon mcp msgq report; taskd goes before
 the suites that create and delete 100,000s of files, see docs/performance.md) on this
 machine, against the peers that are installed, and prints each suite's Markdown
 tables, then one summary table with a row per measured figure: suite, metric, value,
@@ -25,6 +25,10 @@ Suites and what they compare (full size; --quick size in brackets):
               [8 x 5], 3 runs)
   healthmon   detection latency of a kill -9 (50 kills [8]); CPU and RSS of the
               sidecar watching 10, 100, 1000 agents for 10 s [1000 agents, 3 s]
+  mcp         round trips of tool calls through one coord-mcp process (ping,
+              heartbeat, send, task_claim + task_complete) vs `msgq send` and
+              `taskd claim` + `taskd complete` processes, on TMPDIR and tmpfs
+              (1000 [200] operations each, 3 runs)
   msgq        one `msgq send` / `msgq recv` process vs /bin/true and redis-cli
               (300 runs [100]); `send --batch` of 100,000 [10,000] messages vs a
               create + write + rename loop; send/recv with 100 vs 100,000 [10,000]
@@ -64,8 +68,9 @@ parallel, tsp (task-spooler), nq, pueue + pueued (also looked for in ~/.cargo/bi
 redis-server + redis-cli, tar + gzip.
 
 Environment: TMPDIR is where the sessions are made and removed again (its filesystem
-matters; the header names it); COORD_BIN (and MSGQ_BENCH, the msgq-bench example)
-use binaries already built instead of building; COORD_STATIC=0 builds dynamic
+matters; the header names it); COORD_BIN (and MSGQ_BENCH and MCP_BENCH, the msgq-bench
+and mcp-bench examples) use binaries already built instead of building; COORD_STATIC=0
+builds dynamic
 binaries (see scripts/lib/release.sh).
 
 Exit status: 0 when every suite ran (missed targets included: they are in the
@@ -134,6 +139,10 @@ fi
 . scripts/lib/release.sh
 COORD_BIN=${COORD_BIN:-$(coord_release_dir)}
 export COORD_BIN
+if [[ " ${suites[*]} " == *" mcp "* ]] && [ -z "${MCP_BENCH:-}" ]; then
+  MCP_BENCH=$(coord_release_dir -p coord-mcp --example mcp-bench)/examples/mcp-bench
+  export MCP_BENCH
+fi
 if [[ " ${suites[*]} " == *" msgq "* ]] && [ -z "${MSGQ_BENCH:-}" ]; then
   MSGQ_BENCH=$(coord_release_dir -p msgq --example msgq-bench)/examples/msgq-bench
   export MSGQ_BENCH

@@ -5,7 +5,8 @@
 //!
 //! With COORD_BASE set, creates a session, registers a sink agent and submits 2·N tasks,
 //! then times, one call at a time and each call separately:
-//! - `ping` through one coord-mcp process (the transport's own cost);
+//! - `ping` through one coord-mcp process (the transport's own cost), and `heartbeat`
+//!   (a tool call that touches one file: the cost of dispatching a call);
 //! - `send` through that process, and `msgq send` as a process per message;
 //! - `task_claim` + `task_complete` through that process, and `taskd claim` +
 //!   `taskd complete` as two processes per task.
@@ -39,8 +40,16 @@ fn run() -> Fallible<()> {
     let n: usize = n.parse().map_err(|_| format!("N {n:?} is not a count"))?;
     let session = output(Command::new(bin.join("session-init")).arg("mcp-bench"))?.trim().to_string();
     let me = std::process::id().to_string();
-    output(Command::new(bin.join("registry")).args(["register", "sink", "--type", "w", "--pid", &me]).env("COORD_SESSION", &session))?;
-    output(Command::new(bin.join("registry")).args(["register", "cli", "--type", "w", "--pid", &me]).env("COORD_SESSION", &session))?;
+    output(
+        Command::new(bin.join("registry"))
+            .args(["register", "sink", "--type", "w", "--pid", &me])
+            .env("COORD_SESSION", &session),
+    )?;
+    output(
+        Command::new(bin.join("registry"))
+            .args(["register", "cli", "--type", "w", "--pid", &me])
+            .env("COORD_SESSION", &session),
+    )?;
     let batch: String = (0..2 * n).map(|i| format!("{{\"id\":\"t{i}\"}}\n")).collect();
     let mut submit = Command::new(bin.join("taskd"))
         .args(["submit", "--batch"])
@@ -62,6 +71,7 @@ fn run() -> Fallible<()> {
         mcp.call("send", json!({"to": "sink", "type": "m", "payload": {"i": 0}}))?;
     }
     let ping = time(n, || mcp.request("ping", json!({})).map(drop))?;
+    let heartbeat = time(n, || mcp.call("heartbeat", json!({})).map(drop))?;
     let send = time(n, || mcp.call("send", json!({"to": "sink", "type": "m", "payload": {"i": 1}})).map(drop))?;
     let claim_complete = time(n, || {
         let t = mcp.call("task_claim", json!({"wait_secs": 0}))?;
@@ -89,6 +99,7 @@ fn run() -> Fallible<()> {
     let out = json!({
         "n": n,
         "mcp_ping_us": ping,
+        "mcp_heartbeat_us": heartbeat,
         "mcp_send_us": send,
         "mcp_claim_complete_us": claim_complete,
         "cli_send_us": cli_send,

@@ -157,6 +157,14 @@ fn with_session_hint(e: Error) -> Error {
     }
 }
 
+/// A tool's outcome as its result.
+fn result(outcome: coord_core::Result<Value>) -> CallToolResult {
+    match outcome {
+        Ok(v) => CallToolResult::structured(v),
+        Err(e) => tool_error(&e),
+    }
+}
+
 /// A coord-core error as an MCP tool error.
 pub fn tool_error(e: &Error) -> CallToolResult {
     let mut r = CallToolResult::structured_error(json!({"error": e.to_string(), "exit_code": e.exit_code()}));
@@ -440,23 +448,51 @@ impl Coord {
         Coord { inner: Arc::new(inner), tool_router: Self::tool_router() }
     }
 
-    /// Runs `f` on the blocking pool and turns its outcome into a tool result.
-    async fn call<F>(&self, f: F) -> ToolResult
+    /// Runs `f` and turns its outcome into a tool result. A call that may wait for a
+    /// message or a task (`waits`) runs on tokio's blocking pool, so the server goes on
+    /// answering meanwhile. Every other call is a few file operations (a lock wait at
+    /// most, bounded by --lock-timeout) and runs right here on the runtime's thread: the
+    /// hand-off to a pool thread and back would cost more than the operation itself
+    /// (docs/performance.md, "coord-mcp").
+    async fn call<F>(&self, waits: bool, f: F) -> ToolResult
+    where
+        F: FnOnce(&Inner, &SessionDir) -> coord_core::Result<Value> + Send + 'static,
+    {
+        Ok(result(self.run(waits, f).await))
+    }
+
+    /// [`Coord::call`] without the conversion to a tool result.
+    async fn run<F>(&self, waits: bool, f: F) -> coord_core::Result<Value>
     where
         F: FnOnce(&Inner, &SessionDir) -> coord_core::Result<Value> + Send + 'static,
     {
         let inner = self.inner.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let body = move || {
             let _busy = inner.enter()?;
             let dir = inner.dir()?;
             f(&inner, &dir)
-        })
-        .await;
-        Ok(match joined {
-            Ok(Ok(v)) => CallToolResult::structured(v),
-            Ok(Err(e)) => tool_error(&e),
-            Err(e) => tool_error(&Error::Failed(format!("the call did not finish: {e}"))),
-        })
+        };
+        if waits {
+            tokio::task::spawn_blocking(body)
+                .await
+                .unwrap_or_else(|e| Err(Error::Failed(format!("the call did not finish: {e}"))))
+        } else {
+            body()
+        }
+    }
+
+    /// Runs `now` here; if it finds nothing (`empty`) and the call may wait, runs `wait`
+    /// on the blocking pool. What is there already costs no hand-off.
+    async fn now_or_wait<N, W>(&self, wait: Duration, empty: fn(&Value) -> bool, now: N, then: W) -> ToolResult
+    where
+        N: FnOnce(&Inner, &SessionDir) -> coord_core::Result<Value> + Send + 'static,
+        W: FnOnce(&Inner, &SessionDir) -> coord_core::Result<Value> + Send + 'static,
+    {
+        let first = self.run(false, now).await;
+        match first {
+            Ok(v) if empty(&v) && !wait.is_zero() => Ok(result(self.run(true, then).await)),
+            other => Ok(result(other)),
+        }
     }
 
     #[tool(
@@ -467,7 +503,7 @@ impl Coord {
     )]
     async fn register(&self, params: Parameters<RegisterParams>) -> ToolResult {
         let replace = params.0.replace;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let agent = register_agent(inner, dir, replace)?;
             to_value(&agent)
         })
@@ -481,7 +517,7 @@ impl Coord {
         annotations(idempotent_hint = true)
     )]
     async fn heartbeat(&self) -> ToolResult {
-        self.call(|inner, dir| {
+        self.call(false, |inner, dir| {
             let at = registry::heartbeat(dir, &inner.cfg.agent)?;
             Ok(json!({"agent": inner.cfg.agent, "heartbeat_at": time::rfc3339(at)}))
         })
@@ -495,7 +531,7 @@ impl Coord {
     )]
     async fn state_get(&self, params: Parameters<StateGetParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |_, dir| {
+        self.call(false, move |_, dir| {
             let pointer = p.pointer.unwrap_or_default();
             let value =
                 if pointer.is_empty() { state::get(dir, &p.key)? } else { state::get_at(dir, &p.key, &pointer)? };
@@ -511,7 +547,7 @@ impl Coord {
     )]
     async fn state_set(&self, params: Parameters<StateSetParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let doc = state::set(dir, &p.key, &p.pointer, p.value, inner.timeout())?;
             Ok(json!({"key": p.key, "value": doc}))
         })
@@ -525,7 +561,7 @@ impl Coord {
     )]
     async fn state_update(&self, params: Parameters<StateUpdateParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let doc = state::merge(dir, &p.key, p.patch, inner.timeout())?;
             Ok(json!({"key": p.key, "value": doc}))
         })
@@ -538,7 +574,7 @@ impl Coord {
     )]
     async fn send(&self, params: Parameters<SendParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let msg = Outgoing {
                 from: inner.cfg.agent.clone(),
                 to: p.to,
@@ -556,7 +592,7 @@ impl Coord {
     #[tool(name = "broadcast", description = "Send one message to every active agent but this one.")]
     async fn broadcast(&self, params: Parameters<BroadcastParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let b = Broadcast {
                 from: inner.cfg.agent.clone(),
                 msg_type: p.msg_type,
@@ -578,33 +614,26 @@ impl Coord {
     )]
     async fn recv(&self, params: Parameters<RecvParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
-            let agent = &inner.cfg.agent;
-            let max = p.max.unwrap_or(10).clamp(1, 1000);
-            let wait = inner.wait_for(p.wait_secs)?;
-            let got = if wait.is_zero() {
-                mailbox::claim(dir, agent, max)?
-            } else {
-                let mut waiter = mailbox::Waiter::new(dir, agent)?;
-                let stop = StopFds { readable: Some(inner.stop.as_fd()), hangup: None };
-                match waiter.next(max, Some(Instant::now() + wait), &stop)? {
-                    Waited::Messages(m) => m,
-                    Waited::TimedOut | Waited::Stopped => Vec::new(),
-                }
+        let wait = match self.inner.wait_for(p.wait_secs) {
+            Ok(w) => w,
+            Err(e) => return Ok(tool_error(&e)),
+        };
+        let max = p.max.unwrap_or(10).clamp(1, 1000);
+        let ack = p.ack;
+        let now = move |inner: &Inner, dir: &SessionDir| {
+            let got = mailbox::claim(dir, &inner.cfg.agent, max)?;
+            took_messages(inner, dir, got, ack)
+        };
+        let then = move |inner: &Inner, dir: &SessionDir| {
+            let mut waiter = mailbox::Waiter::new(dir, &inner.cfg.agent)?;
+            let stop = StopFds { readable: Some(inner.stop.as_fd()), hangup: None };
+            let got = match waiter.next(max, Some(Instant::now() + wait), &stop)? {
+                Waited::Messages(m) => m,
+                Waited::TimedOut | Waited::Stopped => Vec::new(),
             };
-            if p.ack {
-                for m in &got {
-                    mailbox::ack(dir, agent, &m.id)?;
-                }
-            } else {
-                let mut held = lock(&inner.held);
-                for m in &got {
-                    held.messages.insert(m.id.clone(), m.clone());
-                }
-            }
-            Ok(json!({"messages": got}))
-        })
-        .await
+            took_messages(inner, dir, got, ack)
+        };
+        self.now_or_wait(wait, |v| v["messages"].as_array().is_none_or(Vec::is_empty), now, then).await
     }
 
     #[tool(
@@ -615,7 +644,7 @@ impl Coord {
     )]
     async fn ack(&self, params: Parameters<AckParams>) -> ToolResult {
         let id = params.0.id;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let report = mailbox::ack(dir, &inner.cfg.agent, &id)?;
             lock(&inner.held).messages.remove(&id);
             to_value(&report)
@@ -642,7 +671,7 @@ impl Coord {
                 payload: t.payload,
             })
             .collect();
-        self.call(move |inner, dir| Ok(json!({"tasks": task::submit(dir, tasks, inner.timeout())?}))).await
+        self.call(false, move |inner, dir| Ok(json!({"tasks": task::submit(dir, tasks, inner.timeout())?}))).await
     }
 
     #[tool(
@@ -652,29 +681,34 @@ impl Coord {
                        releases it, or stops heartbeating past the lease. Nothing to claim is {\"task\": null}."
     )]
     async fn task_claim(&self, params: Parameters<ClaimParams>) -> ToolResult {
-        let secs = params.0.wait_secs;
-        self.call(move |inner, dir| {
-            let wait = inner.wait_for(secs)?;
+        let wait = match self.inner.wait_for(params.0.wait_secs) {
+            Ok(w) => w,
+            Err(e) => return Ok(tool_error(&e)),
+        };
+        let now = |inner: &Inner, dir: &SessionDir| {
             let opts = ClaimOptions { lease: inner.cfg.lease, assigned_by: None };
-            let agent = &inner.cfg.agent;
-            let got = if wait.is_zero() {
-                task::claim(dir, agent, &opts, inner.timeout())?
-            } else {
-                let mut bell = None;
-                match task::claim_wait(dir, agent, &opts, Some(wait), Some(&inner.stop), &mut bell, inner.timeout()) {
-                    Ok(t) => t,
-                    Err(Error::Empty(_)) => None,
-                    Err(e) => return Err(e),
-                }
-            };
-            if let Some(t) = &got
-                && let Some(token) = &t.claim_token
-            {
-                lock(&inner.held).tasks.insert(t.id.clone(), token.clone());
+            let got = task::claim(dir, &inner.cfg.agent, &opts, inner.timeout())?;
+            took_task(inner, got)
+        };
+        let then = move |inner: &Inner, dir: &SessionDir| {
+            let opts = ClaimOptions { lease: inner.cfg.lease, assigned_by: None };
+            let mut bell = None;
+            let got = task::claim_wait(
+                dir,
+                &inner.cfg.agent,
+                &opts,
+                Some(wait),
+                Some(&inner.stop),
+                &mut bell,
+                inner.timeout(),
+            );
+            match got {
+                Ok(t) => took_task(inner, t),
+                Err(Error::Empty(_)) => took_task(inner, None),
+                Err(e) => Err(e),
             }
-            Ok(json!({"task": got}))
-        })
-        .await
+        };
+        self.now_or_wait(wait, |v| v["task"].is_null(), now, then).await
     }
 
     #[tool(
@@ -684,7 +718,7 @@ impl Coord {
     )]
     async fn task_complete(&self, params: Parameters<CompleteParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let holder = inner.holder(&p.id, p.token);
             let done = task::complete(dir, &p.id, &holder, p.result, inner.timeout());
             inner.forget_task(&p.id, &done);
@@ -700,7 +734,7 @@ impl Coord {
     )]
     async fn task_fail(&self, params: Parameters<FailParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let holder = inner.holder(&p.id, p.token);
             let done = task::fail(dir, &p.id, &holder, &p.error, inner.timeout());
             inner.forget_task(&p.id, &done);
@@ -715,7 +749,7 @@ impl Coord {
     )]
     async fn task_release(&self, params: Parameters<ReleaseParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |inner, dir| {
+        self.call(false, move |inner, dir| {
             let holder = inner.holder(&p.id, p.token);
             let done = task::release(dir, &p.id, &holder, inner.timeout());
             inner.forget_task(&p.id, &done);
@@ -731,7 +765,7 @@ impl Coord {
     )]
     async fn task_list(&self, params: Parameters<ListParams>) -> ToolResult {
         let p = params.0;
-        self.call(move |_, dir| {
+        self.call(false, move |_, dir| {
             let mut tasks = match p.status {
                 Some(s) => task::list(dir, s.status())?,
                 None => task::list_all(dir)?,
@@ -747,7 +781,7 @@ impl Coord {
     #[tool(name = "task_show", description = "Show one task's record.", annotations(read_only_hint = true))]
     async fn task_show(&self, params: Parameters<ShowParams>) -> ToolResult {
         let id = params.0.id;
-        self.call(move |_, dir| Ok(json!({"task": task::show(dir, &id)?}))).await
+        self.call(false, move |_, dir| Ok(json!({"task": task::show(dir, &id)?}))).await
     }
 
     #[tool(
@@ -756,7 +790,7 @@ impl Coord {
         annotations(read_only_hint = true)
     )]
     async fn progress(&self) -> ToolResult {
-        self.call(|inner, dir| to_value(&task::progress(dir, inner.timeout())?)).await
+        self.call(false, |inner, dir| to_value(&task::progress(dir, inner.timeout())?)).await
     }
 
     #[tool(
@@ -766,8 +800,33 @@ impl Coord {
         annotations(read_only_hint = true)
     )]
     async fn session_status(&self) -> ToolResult {
-        self.call(|_, dir| overview::overview(dir)).await
+        self.call(false, |_, dir| overview::overview(dir)).await
     }
+}
+
+/// Remembers messages taken (unless acknowledged at once) and answers with them.
+fn took_messages(inner: &Inner, dir: &SessionDir, got: Vec<Message>, ack: bool) -> coord_core::Result<Value> {
+    if ack {
+        for m in &got {
+            mailbox::ack(dir, &inner.cfg.agent, &m.id)?;
+        }
+    } else {
+        let mut held = lock(&inner.held);
+        for m in &got {
+            held.messages.insert(m.id.clone(), m.clone());
+        }
+    }
+    Ok(json!({"messages": got}))
+}
+
+/// Remembers a claimed task's token and answers with the task.
+fn took_task(inner: &Inner, got: Option<task::Task>) -> coord_core::Result<Value> {
+    if let Some(t) = &got
+        && let Some(token) = &t.claim_token
+    {
+        lock(&inner.held).tasks.insert(t.id.clone(), token.clone());
+    }
+    Ok(json!({"task": got}))
 }
 
 /// Registers the agent, or finds it already registered by this process.
