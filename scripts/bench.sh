@@ -70,8 +70,7 @@ redis-server + redis-cli, tar + gzip.
 Environment: TMPDIR is where the sessions are made and removed again (its filesystem
 matters; the header names it); COORD_BIN (and MSGQ_BENCH and MCP_BENCH, the msgq-bench
 and mcp-bench examples) use binaries already built instead of building; COORD_STATIC=0
-builds dynamic
-binaries (see scripts/lib/release.sh).
+builds dynamic binaries (see scripts/lib/release.sh).
 
 Exit status: 0 when every suite ran (missed targets included: they are in the
 table); 1 when a suite failed; 2 on a usage error or a missing requirement.

@@ -354,6 +354,26 @@ fn bad_ids_are_refused_before_touching_anything() {
 }
 
 #[test]
+fn state_merge_applies_a_merge_patch_and_refuses_a_bad_one() {
+    let env = TestEnv::with_session();
+    env.cmd("state").args(["set", "build", "", r#"{"phase": "compile", "owner": "w1", "steps": [1]}"#]).ok();
+    let out = env.cmd("state").args(["merge", "build", r#"{"owner": null, "steps": [2], "done": {"a": true}}"#]).ok();
+    let want = serde_json::json!({"phase": "compile", "steps": [2], "done": {"a": true}});
+    assert_eq!(out.json(), want, "merge prints the new document");
+    assert_eq!(env.cmd("state").args(["get", "build"]).ok().json(), want);
+    let before = std::fs::read(env.dir().join("state/build.json")).expect("read");
+    env.cmd("state").args(["merge", "build", "{oops"]).code(2).stderr_has(&[
+        "PATCH",
+        "not valid JSON",
+        "nothing was changed",
+    ]);
+    env.cmd("state").args(["merge", "../x", "{}"]).code(2).stderr_has(&["invalid state key"]);
+    assert_eq!(std::fs::read(env.dir().join("state/build.json")).expect("read"), before);
+    // A new key: the patch becomes the document.
+    assert_eq!(env.cmd("state").args(["merge", "fresh", r#"{"n": 1}"#]).ok().json(), serde_json::json!({"n": 1}));
+}
+
+#[test]
 fn a_malformed_state_file_is_reported_and_left_untouched() {
     let env = TestEnv::with_session();
     let path = env.dir().join("state/global.json");
@@ -365,6 +385,7 @@ fn a_malformed_state_file_is_reported_and_left_untouched() {
         .code(1)
         .stderr_has(&["global.json", "untouched"]);
     env.cmd("state").args(["update", "global", "--", "cat"]).code(1).stderr_has(&["global.json"]);
+    env.cmd("state").args(["merge", "global", r#"{"phase": "x"}"#]).code(1).stderr_has(&["global.json", "untouched"]);
     assert_eq!(std::fs::read(&path).expect("read"), truncated, "the bytes are untouched");
 
     let agents = env.dir().join("registry/agents.json");
