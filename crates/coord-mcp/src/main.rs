@@ -23,8 +23,9 @@ mod transport;
 /// on stdin and stdout, one message per line. The server is one agent of the session:
 /// --agent, --type and --capability say who. Its tools register the agent, heartbeat,
 /// read and change shared state, send and receive messages, and submit, claim and
-/// finish tasks. While it runs and is registered it heartbeats on its own, so an agent
-/// that stops answering is found dead by healthmon when its lease lapses.
+/// finish tasks. While it runs and is registered it heartbeats on its own (renewing the
+/// leases of its claims). A server that dies is found dead by healthmon (by its pid on
+/// this host, by its silent heartbeat from another), which requeues its work.
 ///
 /// When stdin closes or on SIGTERM/SIGINT it gives back the tasks it holds (no attempt
 /// spent) and the messages it has not acknowledged, then unregisters. After kill -9,
@@ -35,7 +36,7 @@ struct Args {
     #[command(flatten)]
     session: cli::SessionArgs,
 
-    /// This agent's id in the session [env: COORD_AGENT]
+    /// This agent's id in the session
     #[arg(long, env = "COORD_AGENT", value_name = "ID", value_parser = id::parser("agent"))]
     agent: String,
 
