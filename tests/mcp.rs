@@ -524,24 +524,20 @@ fn every_tool_schema_validates_the_examples_in_docs_mcp_md() {
     assert_eq!(mcp.close(), Some(0));
 }
 
-/// Every JSON-RPC `tools/call` request in a ```json block of `doc`, with its line number.
-fn doc_calls(doc: &str) -> Vec<(usize, Value)> {
+/// The JSON values of each ```json block of `doc`, with the block's first line number.
+fn doc_blocks(doc: &str) -> Vec<(usize, Vec<Value>)> {
     let mut out = Vec::new();
     let mut block: Option<(usize, String)> = None;
     for (i, line) in doc.lines().enumerate() {
         match (&mut block, line.trim_start()) {
             (None, l) if l.starts_with("```json") => block = Some((i + 2, String::new())),
             (Some((start, text)), l) if l.starts_with("```") => {
-                let start = *start;
-                let text = std::mem::take(text);
+                let values = serde_json::Deserializer::from_str(text)
+                    .into_iter::<Value>()
+                    .map(|v| v.unwrap_or_else(|e| panic!("docs/mcp.md:{start}: invalid JSON: {e}")))
+                    .collect();
+                out.push((*start, values));
                 block = None;
-                // A block may hold several JSON values (a request and its reply).
-                for v in serde_json::Deserializer::from_str(&text).into_iter::<Value>() {
-                    let v = v.unwrap_or_else(|e| panic!("docs/mcp.md:{start}: invalid JSON: {e}"));
-                    if v["method"] == "tools/call" {
-                        out.push((start, v));
-                    }
-                }
             }
             (Some((_, text)), _) => {
                 text.push_str(line);
@@ -551,6 +547,14 @@ fn doc_calls(doc: &str) -> Vec<(usize, Value)> {
         }
     }
     out
+}
+
+/// Every JSON-RPC `tools/call` request in a ```json block of `doc`, with its line number.
+fn doc_calls(doc: &str) -> Vec<(usize, Value)> {
+    let blocks = doc_blocks(doc).into_iter();
+    blocks
+        .flat_map(|(line, values)| values.into_iter().filter(|v| v["method"] == "tools/call").map(move |v| (line, v)))
+        .collect()
 }
 
 #[test]
@@ -627,26 +631,12 @@ fn the_examples_in_docs_mcp_md_run_as_shown() {
 /// The reply shown after each request in docs/mcp.md, by the request's line.
 fn doc_replies(doc: &str) -> HashMap<usize, Value> {
     let mut out = HashMap::new();
-    let mut block: Option<(usize, String)> = None;
-    for (i, line) in doc.lines().enumerate() {
-        match (&mut block, line.trim_start()) {
-            (None, l) if l.starts_with("```json") => block = Some((i + 2, String::new())),
-            (Some((start, text)), l) if l.starts_with("```") => {
-                let values: Vec<Value> =
-                    serde_json::Deserializer::from_str(text).into_iter::<Value>().filter_map(Result::ok).collect();
-                if let [req, reply] = values.as_slice()
-                    && req["method"] == "tools/call"
-                {
-                    assert_eq!(req["id"], reply["id"], "docs/mcp.md:{start}: the reply answers another request");
-                    out.insert(*start, reply.clone());
-                }
-                block = None;
-            }
-            (Some((_, text)), _) => {
-                text.push_str(line);
-                text.push('\n');
-            }
-            (None, _) => {}
+    for (start, values) in doc_blocks(doc) {
+        if let [req, reply] = values.as_slice()
+            && req["method"] == "tools/call"
+        {
+            assert_eq!(req["id"], reply["id"], "docs/mcp.md:{start}: the reply answers another request");
+            out.insert(start, reply.clone());
         }
     }
     out

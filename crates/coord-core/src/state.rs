@@ -37,36 +37,42 @@ pub fn get_at(dir: &SessionDir, key: &str, pointer: &str) -> Result<Value> {
 pub fn set(dir: &SessionDir, key: &str, pointer: &str, value: Value, timeout: Duration) -> Result<Value> {
     id::validate("state key", key)?;
     check_pointer(pointer)?;
-    let _guard = dir.lock(key, timeout)?;
-    let path = dir.state_file(key);
-    let mut doc = fsio::read_json_opt(&path)?.unwrap_or(Value::Null);
-    set_pointer(&mut doc, pointer, value)
-        .map_err(|why| Error::Failed(format!("cannot set {pointer:?} in state key {key:?}: {why}")))?;
-    let bytes = fsio::to_json_bytes(&doc);
-    // A deep pointer can nest the document past what a JSON reader accepts; written, the
-    // key could never be read (or set) again.
-    if let Err(e) = serde_json::from_slice::<Value>(&bytes) {
-        return Err(Error::Usage(format!(
-            "cannot set {pointer:?} in state key {key:?}: the document would not read back ({e}); nothing was changed"
-        )));
-    }
-    fsio::write_atomic(&path, &bytes)?;
-    Ok(doc)
+    rewrite(dir, key, &format!("set {pointer:?} in"), timeout, |doc| {
+        set_pointer(doc, pointer, value)
+            .map_err(|why| Error::Failed(format!("cannot set {pointer:?} in state key {key:?}: {why}")))
+    })
 }
 
 /// Applies an RFC 7386 JSON merge patch to a key's document (`null` if the key is new)
 /// under the key's lock, and returns the new document. In the patch, an object merges
 /// key by key, `null` removes a member, and anything else replaces what is there.
 pub fn merge(dir: &SessionDir, key: &str, patch: Value, timeout: Duration) -> Result<Value> {
+    rewrite(dir, key, "merge into", timeout, |doc| {
+        merge_patch(doc, patch);
+        Ok(())
+    })
+}
+
+/// Changes a key's document (`null` if new) with `change` under the key's lock and
+/// writes it back; `what` names the change in errors ("cannot {what} state key ...").
+fn rewrite(
+    dir: &SessionDir,
+    key: &str,
+    what: &str,
+    timeout: Duration,
+    change: impl FnOnce(&mut Value) -> Result<()>,
+) -> Result<Value> {
     id::validate("state key", key)?;
     let _guard = dir.lock(key, timeout)?;
     let path = dir.state_file(key);
     let mut doc = fsio::read_json_opt(&path)?.unwrap_or(Value::Null);
-    merge_patch(&mut doc, patch);
+    change(&mut doc)?;
     let bytes = fsio::to_json_bytes(&doc);
+    // A deep pointer or patch can nest the document past what a JSON reader accepts;
+    // written, the key could never be read (or changed) again.
     if let Err(e) = serde_json::from_slice::<Value>(&bytes) {
         return Err(Error::Usage(format!(
-            "cannot merge into state key {key:?}: the document would not read back ({e}); nothing was changed"
+            "cannot {what} state key {key:?}: the document would not read back ({e}); nothing was changed"
         )));
     }
     fsio::write_atomic(&path, &bytes)?;
