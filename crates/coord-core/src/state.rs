@@ -47,14 +47,16 @@ pub fn set(dir: &SessionDir, key: &str, pointer: &str, value: Value, timeout: Du
 /// under the key's lock, and returns the new document. In the patch, an object merges
 /// key by key, `null` removes a member, and anything else replaces what is there.
 pub fn merge(dir: &SessionDir, key: &str, patch: Value, timeout: Duration) -> Result<Value> {
+    id::validate("state key", key)?;
     rewrite(dir, key, "merge into", timeout, |doc| {
         merge_patch(doc, patch);
         Ok(())
     })
 }
 
-/// Changes a key's document (`null` if new) with `change` under the key's lock and
-/// writes it back; `what` names the change in errors ("cannot {what} state key ...").
+/// Changes the document of `key` (already validated; `null` if new) with `change` under
+/// the key's lock and writes it back; `what` names the change in errors ("cannot {what}
+/// state key ...").
 fn rewrite(
     dir: &SessionDir,
     key: &str,
@@ -62,7 +64,6 @@ fn rewrite(
     timeout: Duration,
     change: impl FnOnce(&mut Value) -> Result<()>,
 ) -> Result<Value> {
-    id::validate("state key", key)?;
     let _guard = dir.lock(key, timeout)?;
     let path = dir.state_file(key);
     let mut doc = fsio::read_json_opt(&path)?.unwrap_or(Value::Null);
