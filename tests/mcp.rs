@@ -671,3 +671,31 @@ fn substitute(v: &mut Value, same: &HashMap<String, String>) {
         _ => {}
     }
 }
+
+#[test]
+fn mcp_stops_on_sigterm_before_its_client_initializes() {
+    let env = TestEnv::with_session();
+    let mut mcp = Mcp::spawn(&env, "m1", &["--register"]);
+    assert!(
+        crate::util::wait_until(Duration::from_secs(10), || {
+            env.cmd("registry").args(["show", "m1"]).run().code() == Some(0)
+        }),
+        "--register registered the agent"
+    );
+    let start = Instant::now();
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(mcp.child.id() as i32, libc::SIGTERM);
+    }
+    let mut status = None;
+    assert!(
+        crate::util::wait_until(Duration::from_secs(10), || {
+            status = mcp.child.try_wait().expect("wait");
+            status.is_some()
+        }),
+        "coord-mcp ignored SIGTERM while waiting for initialize"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    assert_eq!(env.cmd("registry").args(["show", "m1"]).ok().json()["status"], "terminated");
+}

@@ -115,25 +115,37 @@ fn serve(args: Args) -> coord_core::Result<u8> {
             coord.register_now().await;
         }
         tokio::spawn(coord.clone().heartbeat_loop(every));
-        let (stdin, stdout) = rmcp::transport::stdio_pipes();
-        let running = coord
-            .clone()
-            .serve(transport::Lines::new(stdin, stdout))
-            .await
-            .map_err(|e| failed("the MCP session did not start", &e))?;
-        let cancel = running.cancellation_token();
+        // Watched from the start: the handlers installed above replace the signals'
+        // default action, so a server still waiting for its client's `initialize` must
+        // stop on them too.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| failed("cannot watch SIGTERM", &e))?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(|e| failed("cannot watch SIGINT", &e))?;
-        let waiting = running.waiting();
-        tokio::pin!(waiting);
-        tokio::select! {
-            quit = &mut waiting => {
-                log::info!("stdin closed: {quit:?}");
+        let signalled = async {
+            tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
             }
-            _ = term.recv() => { log::info!("SIGTERM: shutting down"); cancel.cancel(); }
-            _ = int.recv() => { log::info!("SIGINT: shutting down"); cancel.cancel(); }
+        };
+        tokio::pin!(signalled);
+        let (stdin, stdout) = rmcp::transport::stdio_pipes();
+        let running = tokio::select! {
+            started = coord.clone().serve(transport::Lines::new(stdin, stdout)) => {
+                started.map_err(|e| failed("the MCP session did not start", &e))?
+            }
+            sig = &mut signalled => {
+                log::info!("{sig} before the session started: shutting down");
+                return Ok(());
+            }
+        };
+        let cancel = running.cancellation_token();
+        tokio::select! {
+            quit = running.waiting() => log::info!("stdin closed: {quit:?}"),
+            sig = &mut signalled => {
+                log::info!("{sig}: shutting down");
+                cancel.cancel();
+            }
         }
         Ok(())
     });

@@ -136,10 +136,13 @@ impl Inner {
         Holder { agent: Some(self.cfg.agent.clone()), token }
     }
 
-    /// Forgets a task this server no longer holds: finished, or its claim was lost.
-    fn forget_task(&self, id: &str, outcome: &coord_core::Result<task::Task>) {
-        let lost = matches!(outcome, Err(Error::Failed(m)) if m.starts_with("claim lost"));
-        if outcome.is_ok() || lost {
+    /// Forgets the claim of task `id` once this server no longer holds it: after `op`
+    /// succeeded (`finished`), or when the record is no longer claimed with the token
+    /// this server kept (the claim was lost), so shutdown does not try to release it.
+    fn forget_unless_held(&self, dir: &SessionDir, id: &str, holder: &Holder, finished: bool) {
+        let held = !finished
+            && task::show(dir, id).is_ok_and(|t| t.state() == Some(Status::Claimed) && t.claim_token == holder.token);
+        if !held {
             lock(&self.held).tasks.remove(id);
         }
     }
@@ -448,20 +451,21 @@ impl Coord {
         Coord { inner: Arc::new(inner), tool_router: Self::tool_router() }
     }
 
-    /// Runs `f` and turns its outcome into a tool result. A call that may wait for a
-    /// message or a task (`waits`) runs on tokio's blocking pool, so the server goes on
-    /// answering meanwhile. Every other call is a few file operations (a lock wait at
-    /// most, bounded by --lock-timeout) and runs right here on the runtime's thread: the
-    /// hand-off to a pool thread and back would cost more than the operation itself
-    /// (docs/performance.md, "coord-mcp").
-    async fn call<F>(&self, waits: bool, f: F) -> ToolResult
+    /// Runs a call that cannot wait (see [`Coord::run`]) and turns its outcome into a
+    /// tool result.
+    async fn call<F>(&self, f: F) -> ToolResult
     where
         F: FnOnce(&Inner, &SessionDir) -> coord_core::Result<Value> + Send + 'static,
     {
-        Ok(result(self.run(waits, f).await))
+        Ok(result(self.run(false, f).await))
     }
 
-    /// [`Coord::call`] without the conversion to a tool result.
+    /// Runs `f` with the session directory. A call that may wait for a message or a task
+    /// (`waits`) runs on tokio's blocking pool, so the server goes on answering meanwhile.
+    /// Every other call is a few file operations (a lock wait at most, bounded by
+    /// --lock-timeout) and runs right here on the runtime's thread: the hand-off to a pool
+    /// thread and back would cost more than the operation itself (docs/performance.md,
+    /// "coord-mcp").
     async fn run<F>(&self, waits: bool, f: F) -> coord_core::Result<Value>
     where
         F: FnOnce(&Inner, &SessionDir) -> coord_core::Result<Value> + Send + 'static,
@@ -479,6 +483,22 @@ impl Coord {
         } else {
             body()
         }
+    }
+
+    /// Ends this agent's claim of task `id` with `op` (complete, fail or release), fenced
+    /// by the claim token (`token`, else the one this server got when it claimed it), and
+    /// forgets the claim when the task is no longer held with that token.
+    async fn finish<F>(&self, id: String, token: Option<String>, op: F) -> ToolResult
+    where
+        F: FnOnce(&SessionDir, &str, &Holder, Duration) -> coord_core::Result<task::Task> + Send + 'static,
+    {
+        self.call(move |inner, dir| {
+            let holder = inner.holder(&id, token);
+            let done = op(dir, &id, &holder, inner.timeout());
+            inner.forget_unless_held(dir, &id, &holder, done.is_ok());
+            Ok(json!({"task": done?}))
+        })
+        .await
     }
 
     /// Runs `now` here; if it finds nothing (`empty`) and the call may wait, runs `wait`
@@ -503,7 +523,7 @@ impl Coord {
     )]
     async fn register(&self, params: Parameters<RegisterParams>) -> ToolResult {
         let replace = params.0.replace;
-        self.call(false, move |inner, dir| {
+        self.call(move |inner, dir| {
             let agent = register_agent(inner, dir, replace)?;
             to_value(&agent)
         })
@@ -517,7 +537,7 @@ impl Coord {
         annotations(idempotent_hint = true)
     )]
     async fn heartbeat(&self) -> ToolResult {
-        self.call(false, |inner, dir| {
+        self.call(|inner, dir| {
             let at = registry::heartbeat(dir, &inner.cfg.agent)?;
             Ok(json!({"agent": inner.cfg.agent, "heartbeat_at": time::rfc3339(at)}))
         })
@@ -531,7 +551,7 @@ impl Coord {
     )]
     async fn state_get(&self, params: Parameters<StateGetParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |_, dir| {
+        self.call(move |_, dir| {
             let pointer = p.pointer.unwrap_or_default();
             let value =
                 if pointer.is_empty() { state::get(dir, &p.key)? } else { state::get_at(dir, &p.key, &pointer)? };
@@ -547,7 +567,7 @@ impl Coord {
     )]
     async fn state_set(&self, params: Parameters<StateSetParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
+        self.call(move |inner, dir| {
             let doc = state::set(dir, &p.key, &p.pointer, p.value, inner.timeout())?;
             Ok(json!({"key": p.key, "value": doc}))
         })
@@ -561,7 +581,7 @@ impl Coord {
     )]
     async fn state_update(&self, params: Parameters<StateUpdateParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
+        self.call(move |inner, dir| {
             let doc = state::merge(dir, &p.key, p.patch, inner.timeout())?;
             Ok(json!({"key": p.key, "value": doc}))
         })
@@ -574,7 +594,7 @@ impl Coord {
     )]
     async fn send(&self, params: Parameters<SendParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
+        self.call(move |inner, dir| {
             let msg = Outgoing {
                 from: inner.cfg.agent.clone(),
                 to: p.to,
@@ -592,7 +612,7 @@ impl Coord {
     #[tool(name = "broadcast", description = "Send one message to every active agent but this one.")]
     async fn broadcast(&self, params: Parameters<BroadcastParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
+        self.call(move |inner, dir| {
             let b = Broadcast {
                 from: inner.cfg.agent.clone(),
                 msg_type: p.msg_type,
@@ -644,7 +664,7 @@ impl Coord {
     )]
     async fn ack(&self, params: Parameters<AckParams>) -> ToolResult {
         let id = params.0.id;
-        self.call(false, move |inner, dir| {
+        self.call(move |inner, dir| {
             let report = mailbox::ack(dir, &inner.cfg.agent, &id)?;
             lock(&inner.held).messages.remove(&id);
             to_value(&report)
@@ -671,7 +691,7 @@ impl Coord {
                 payload: t.payload,
             })
             .collect();
-        self.call(false, move |inner, dir| Ok(json!({"tasks": task::submit(dir, tasks, inner.timeout())?}))).await
+        self.call(move |inner, dir| Ok(json!({"tasks": task::submit(dir, tasks, inner.timeout())?}))).await
     }
 
     #[tool(
@@ -718,13 +738,8 @@ impl Coord {
     )]
     async fn task_complete(&self, params: Parameters<CompleteParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
-            let holder = inner.holder(&p.id, p.token);
-            let done = task::complete(dir, &p.id, &holder, p.result, inner.timeout());
-            inner.forget_task(&p.id, &done);
-            Ok(json!({"task": done?}))
-        })
-        .await
+        self.finish(p.id, p.token, move |dir, id, holder, timeout| task::complete(dir, id, holder, p.result, timeout))
+            .await
     }
 
     #[tool(
@@ -734,13 +749,7 @@ impl Coord {
     )]
     async fn task_fail(&self, params: Parameters<FailParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
-            let holder = inner.holder(&p.id, p.token);
-            let done = task::fail(dir, &p.id, &holder, &p.error, inner.timeout());
-            inner.forget_task(&p.id, &done);
-            Ok(json!({"task": done?}))
-        })
-        .await
+        self.finish(p.id, p.token, move |dir, id, holder, timeout| task::fail(dir, id, holder, &p.error, timeout)).await
     }
 
     #[tool(
@@ -749,13 +758,7 @@ impl Coord {
     )]
     async fn task_release(&self, params: Parameters<ReleaseParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |inner, dir| {
-            let holder = inner.holder(&p.id, p.token);
-            let done = task::release(dir, &p.id, &holder, inner.timeout());
-            inner.forget_task(&p.id, &done);
-            Ok(json!({"task": done?}))
-        })
-        .await
+        self.finish(p.id, p.token, task::release).await
     }
 
     #[tool(
@@ -765,7 +768,7 @@ impl Coord {
     )]
     async fn task_list(&self, params: Parameters<ListParams>) -> ToolResult {
         let p = params.0;
-        self.call(false, move |_, dir| {
+        self.call(move |_, dir| {
             let mut tasks = match p.status {
                 Some(s) => task::list(dir, s.status())?,
                 None => task::list_all(dir)?,
@@ -781,7 +784,7 @@ impl Coord {
     #[tool(name = "task_show", description = "Show one task's record.", annotations(read_only_hint = true))]
     async fn task_show(&self, params: Parameters<ShowParams>) -> ToolResult {
         let id = params.0.id;
-        self.call(false, move |_, dir| Ok(json!({"task": task::show(dir, &id)?}))).await
+        self.call(move |_, dir| Ok(json!({"task": task::show(dir, &id)?}))).await
     }
 
     #[tool(
@@ -790,7 +793,7 @@ impl Coord {
         annotations(read_only_hint = true)
     )]
     async fn progress(&self) -> ToolResult {
-        self.call(false, |inner, dir| to_value(&task::progress(dir, inner.timeout())?)).await
+        self.call(|inner, dir| to_value(&task::progress(dir, inner.timeout())?)).await
     }
 
     #[tool(
@@ -800,7 +803,7 @@ impl Coord {
         annotations(read_only_hint = true)
     )]
     async fn session_status(&self) -> ToolResult {
-        self.call(false, |_, dir| overview::overview(dir)).await
+        self.call(|_, dir| overview::overview(dir)).await
     }
 }
 
