@@ -18,3 +18,4 @@ mod msgq;
 mod patterns;
 mod readme;
 mod taskd;
+mod workflows;

@@ -317,6 +317,33 @@ impl SessionDir {
         self.root.join("tasks/round_robin.json")
     }
 
+    /// `tasks/output/`: what `taskd work` keeps of each attempt's output.
+    pub fn tasks_output_dir(&self) -> PathBuf {
+        self.root.join("tasks/output")
+    }
+
+    /// `tasks/output/<task>.<attempt>.<stream>` (`out` or `err`): one attempt's stdout or
+    /// stderr as `taskd work` kept it, cut off at its cap with a note saying so.
+    pub fn task_output_file(&self, task: &str, attempt: u32, stream: &str) -> PathBuf {
+        self.root.join("tasks/output").join(format!("{task}.{attempt}.{stream}"))
+    }
+
+    /// `tasks/control/`: requests to the work loops (`taskd kill`), watched by them.
+    pub fn tasks_control_dir(&self) -> PathBuf {
+        self.root.join("tasks/control")
+    }
+
+    /// `tasks/control/<task>.kill`: a request to stop the command running a claim.
+    pub fn task_kill_file(&self, task: &str) -> PathBuf {
+        self.root.join("tasks/control").join(format!("{task}.kill"))
+    }
+
+    /// `tasks/paused.json`: what `taskd pause` paused (the whole queue, or types); it
+    /// exists only while something is paused.
+    pub fn tasks_paused_file(&self) -> PathBuf {
+        self.root.join("tasks/paused.json")
+    }
+
     /// `tasks/.pending.bell`: its mtime is touched whenever a task becomes claimable, so
     /// waiters block on inotify instead of polling.
     pub fn task_pending_bell(&self) -> PathBuf {
@@ -465,6 +492,8 @@ pub enum ToolLock {
     Results,
     /// Serializes `msgq requeue` (and healthmon's requeue) of in-flight messages.
     Mailbox,
+    /// Serializes `taskd pause`/`resume` (`tasks/paused.json`).
+    TaskPause,
 }
 
 impl ToolLock {
@@ -478,6 +507,7 @@ impl ToolLock {
             ToolLock::TaskAssign => "_task_assign",
             ToolLock::Results => "_results",
             ToolLock::Mailbox => "_mailbox",
+            ToolLock::TaskPause => "_task_pause",
         }
     }
 }

@@ -170,6 +170,10 @@ enum Cmd {
         /// Stop after waiting this long for a task
         #[arg(long, value_name = "SECS", value_parser = cli::parse_secs)]
         idle_exit: Option<Duration>,
+        /// Bytes of each attempt's stdout and of its stderr kept in tasks/output/ (0 keeps
+        /// none); what goes past is cut off with a note saying so
+        #[arg(long, value_name = "BYTES", default_value_t = task::output::DEFAULT_OUTPUT_CAP)]
+        output_cap: u64,
         /// The command and its arguments
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
@@ -196,6 +200,67 @@ enum Cmd {
         /// The reason recorded in the tasks' errors
         #[arg(long, default_value = "requeued by operator")]
         reason: String,
+    },
+    /// Print the output `taskd work` kept of a task's attempt (stdout to stdout, stderr to stderr)
+    #[command(after_help = LOG_HELP)]
+    Log {
+        /// Task id
+        #[arg(value_parser = id::parser("task"))]
+        task: String,
+        /// The attempt (1-based) [default: the latest]
+        #[arg(long, value_name = "N")]
+        attempt: Option<u32>,
+        /// Stream the output while the attempt runs, until it ends; waits for a task that
+        /// has not started
+        #[arg(long, short = 'f', conflicts_with = "json")]
+        follow: bool,
+        /// Print one JSON object {id, attempt, status, stdout, stderr} instead
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put failed (or cancelled) tasks back in the queue with a fresh attempt budget
+    #[command(after_help = RETRY_HELP)]
+    Retry {
+        /// Task ids (each failed or cancelled)
+        #[arg(value_parser = id::parser("task"), required_unless_present = "failed", conflicts_with = "failed")]
+        tasks: Vec<String>,
+        /// Retry every task that failed for good
+        #[arg(long)]
+        failed: bool,
+        /// New attempts each task gets [default: the budget it was submitted with]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        attempts: Option<u32>,
+    },
+    /// Stop the command running a claimed task (in a `taskd work` loop); it fails, or is retried
+    #[command(after_help = KILL_HELP)]
+    Kill {
+        /// Task id (must be claimed)
+        #[arg(value_parser = id::parser("task"))]
+        task: String,
+        /// Put the task back in the queue (counting the attempt) instead of failing it
+        #[arg(long)]
+        retry: bool,
+        /// How long to wait for the worker to stop it (exit 3 past that)
+        #[arg(long, value_name = "SECS", value_parser = cli::parse_secs, default_value = "30")]
+        timeout: Duration,
+        /// Only write the request; print it and exit
+        #[arg(long, conflicts_with = "timeout")]
+        no_wait: bool,
+    },
+    /// Pause the queue (or the tasks of one agent type): claims get nothing of it
+    Pause {
+        /// Only tasks that require this agent type
+        #[arg(long = "type", value_name = "AGENT_TYPE", value_parser = id::parser("agent type"))]
+        agent_type: Option<String>,
+        /// Why (recorded)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Resume what `taskd pause` paused (everything, or one agent type)
+    Resume {
+        /// Only tasks that require this agent type
+        #[arg(long = "type", value_name = "AGENT_TYPE", value_parser = id::parser("agent type"))]
+        agent_type: Option<String>,
     },
     /// Cancel a task that is not final; its dependents fail
     Cancel {
@@ -242,10 +307,13 @@ Examples:
   taskd work worker-1 -- ./handle-task.sh
   taskd assign --strategy round_robin
   taskd wait --timeout 600 && taskd progress
+  taskd log build --follow; taskd kill build --retry; taskd retry --failed
+  taskd pause --type gpu; taskd resume
 
 Exit codes: 0 ok; 1 failed (claim lost, task exists, unknown task, wait saw a failed
-task, lock timeout, malformed store file); 2 bad usage or input (invalid id or JSON,
-unknown dependency, dependency cycle); 3 nothing to claim, or timed out waiting.";
+task, not retriable or killable, lock timeout, malformed store file); 2 bad usage or
+input (invalid id or JSON, unknown dependency, dependency cycle); 3 nothing to claim
+(also while paused), or timed out waiting.";
 
 const WORK_HELP: &str = "\
 CMD gets the task JSON on stdin and TASK_ID, TASK_PAYLOAD (the payload; a string payload
@@ -257,6 +325,49 @@ task: {\"id\", \"status\", \"exit_code\"}.
 
 Example:
   taskd work w1 --max-tasks 100 --idle-exit 5 -- sh -c 'jq -r .payload.n | factor'";
+
+const LOG_HELP: &str = "\
+Output is kept by `taskd work`, per attempt and stream, in tasks/output/<id>.<attempt>.out
+and .err, up to its --output-cap (1 MiB each by default); a file cut off says so where
+it was cut and how many bytes the stream had. An attempt that printed nothing has no
+file and prints nothing. --follow wakes on inotify (every COORD_POLL_MS on shared
+filesystems) and ends when the attempt ends.
+
+Examples:
+  taskd log build                  # the latest attempt
+  taskd log build --attempt 1 2>/dev/null > first-stdout.txt
+  taskd log build --follow
+  taskd log build --json | jq -r .stderr
+
+Exit codes: 0 ok (also when nothing was kept); 1 unknown task; 2 bad usage (invalid id,
+an attempt the task has not made); 3 the task has not run yet (without --follow).";
+
+const RETRY_HELP: &str = "\
+Each task gets a fresh budget of attempts on top of those it made (its record keeps its
+errors, and a `retries` entry says when, from which status and why it had ended). A task
+whose dependencies are not all completed waits for them (blocked). Dependents that
+failed because of a task are not retried with it unless named (or --failed).
+
+Examples:
+  taskd retry build test
+  taskd retry --failed --attempts 1
+
+Exit codes: 0 ok; 1 a task is not failed or cancelled, or depends on a failed task not
+retried with it (nothing was changed), unknown task; 2 bad usage.";
+
+const KILL_HELP: &str = "\
+Writes tasks/control/<id>.kill; the `taskd work` loop running the claim sends SIGTERM to
+the command's process group (SIGKILL 5 s later), records the attempt with \"killed\":
+true in the task's errors, and fails the task for good, or with --retry returns it to
+the queue while attempts are left. Prints {\"task\": <record>, \"error\": <the killed
+attempt>}. Agents that are not `taskd work` loops do not act on kill requests.
+
+Examples:
+  taskd kill build
+  taskd kill build --retry --timeout 60
+
+Exit codes: 0 killed; 1 the task is not claimed (nothing was changed), it ended on its
+own first, or unknown task; 2 bad usage; 3 still running at --timeout.";
 
 fn parse_json_arg(what: &str, text: &str) -> coord_core::Result<Value> {
     serde_json::from_str(text)
@@ -347,8 +458,9 @@ fn main() -> ExitCode {
                 task::assign::run(&dir, &opts.options(), timeout, output::print)?;
                 Ok(exit::OK)
             }
-            Cmd::Work { agent, agent_type, capabilities, lease, max_tasks, idle_exit, cmd } => {
-                let opts = WorkOptions { agent, agent_type, capabilities, cmd, lease, max_tasks, idle_exit };
+            Cmd::Work { agent, agent_type, capabilities, lease, max_tasks, idle_exit, output_cap, cmd } => {
+                let opts =
+                    WorkOptions { agent, agent_type, capabilities, cmd, lease, max_tasks, idle_exit, output_cap };
                 task::work::work(&dir, &opts, timeout, output::print)?;
                 Ok(exit::OK)
             }
@@ -369,10 +481,68 @@ fn main() -> ExitCode {
                 output::print(&report)?;
                 Ok(exit::OK)
             }
+            Cmd::Log { task: id, attempt, follow, json } => log(&dir, &id, attempt, follow, json),
+            Cmd::Retry { tasks, failed, attempts } => {
+                let which = if failed { task::RetryWhich::Failed } else { task::RetryWhich::Tasks(tasks) };
+                output::print_lines(&task::retry(&dir, &which, attempts, timeout)?)?;
+                Ok(exit::OK)
+            }
+            Cmd::Kill { task: id, retry, timeout: limit, no_wait } => {
+                let req = task::kill::request(&dir, &id, retry)?;
+                if no_wait {
+                    output::print(&req)?;
+                } else {
+                    output::print(&task::kill::wait_killed(&dir, &req, limit)?)?;
+                }
+                Ok(exit::OK)
+            }
+            Cmd::Pause { agent_type, reason } => {
+                output::print(&task::pause(&dir, agent_type.as_deref(), reason.as_deref(), timeout)?)?;
+                Ok(exit::OK)
+            }
+            Cmd::Resume { agent_type } => {
+                output::print(&task::resume(&dir, agent_type.as_deref(), timeout)?)?;
+                Ok(exit::OK)
+            }
             Cmd::Cancel { task: id, reason } => {
                 output::print(&task::cancel(&dir, &id, reason.as_deref(), timeout)?)?;
                 Ok(exit::OK)
             }
         }
     })
+}
+
+/// `taskd log`: the kept output of one attempt, or its stream with --follow.
+fn log(
+    dir: &coord_core::SessionDir,
+    id: &str,
+    attempt: Option<u32>,
+    follow: bool,
+    json: bool,
+) -> coord_core::Result<u8> {
+    use std::io::Write;
+    if follow {
+        let signals = task::bell::Signals::install()
+            .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        task::output::follow(dir, id, attempt, Some(&signals), &mut out, &mut err)?;
+        return Ok(exit::OK);
+    }
+    let (t, n) = task::output::attempt_of(dir, id, attempt)?;
+    if json {
+        output::print(&task::output::output_json(dir, &t, n)?)?;
+        return Ok(exit::OK);
+    }
+    let [out, err] = task::output::read_output(dir, id, n)?;
+    if out.is_none() && err.is_none() {
+        log::info!("task {id:?} attempt {n} left no output (it printed nothing, or ran outside `taskd work`)");
+    }
+    if let Some(b) = err {
+        std::io::stderr().write_all(&b).map_err(|e| Error::io("write", "standard error", e))?;
+    }
+    if let Some(b) = out {
+        let mut o = std::io::stdout().lock();
+        o.write_all(&b).and_then(|()| o.flush()).map_err(|e| Error::io("write", "standard output", e))?;
+    }
+    Ok(exit::OK)
 }

@@ -65,7 +65,41 @@ pub fn collect(dir: &SessionDir) -> Result<Collected> {
         tasks.len(),
         started.elapsed().as_secs_f64() * 1e3
     );
-    Ok(Collected { session, by_agent, agents, errors, warnings, spans, tasks, task_index, summary, agent_rows })
+    let mut c = Collected {
+        session,
+        by_agent,
+        agents,
+        errors,
+        warnings,
+        spans,
+        tasks,
+        task_index,
+        stderr_tails: BTreeMap::new(),
+        summary,
+        agent_rows,
+    };
+    c.stderr_tails = stderr_tails(dir, &c);
+    Ok(c)
+}
+
+/// Lines of a failed task's kept stderr the report embeds.
+const TAIL_LINES: usize = 10;
+
+/// The end of the kept stderr of each failed task the report lists: its latest attempt
+/// that kept any, read from the end of the file.
+fn stderr_tails(dir: &SessionDir, c: &Collected) -> BTreeMap<String, super::StderrTail> {
+    let mut out = BTreeMap::new();
+    for (id, _, _) in super::render::failures(c).into_iter().take(super::render::MAX_LISTED) {
+        let Some(t) = c.tasks.iter().find(|t| t.id == id) else { continue };
+        for attempt in (1..=t.attempts).rev() {
+            if let Some(tail) = task::output::output_tail(dir, id, attempt, "err", TAIL_LINES) {
+                let file = format!("tasks/output/{id}.{attempt}.err");
+                out.insert(id.to_string(), super::StderrTail { attempt, file, tail });
+                break;
+            }
+        }
+    }
+    out
 }
 
 fn read_result_files(dir: &SessionDir, errors: &mut Vec<ReportError>) -> Result<Vec<(String, AgentResults)>> {

@@ -151,10 +151,24 @@ pub struct Collected {
     /// id, entries in file order), the position `(agent, entry)` in `by_agent` of its
     /// last entry, which the seed's `by_task[id] = entry` keeps.
     pub task_index: Vec<(u32, u32)>,
+    /// The last lines of the kept stderr of listed failed tasks (by task id), from
+    /// `tasks/output/` (see [`StderrTail`]).
+    pub stderr_tails: BTreeMap<String, StderrTail>,
     /// [`Collected::summary`], computed by [`collect`].
     summary: Summary,
     /// [`Collected::agent_rows`], computed by [`collect`].
     agent_rows: Vec<AgentRow>,
+}
+
+/// The end of a failed task's kept stderr, which the report embeds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StderrTail {
+    /// The attempt it is from (the latest that kept stderr).
+    pub attempt: u32,
+    /// The file, relative to the session directory (`tasks/output/<id>.<n>.err`).
+    pub file: String,
+    /// Its last lines.
+    pub tail: String,
 }
 
 /// The task queue at report time: counts by status from the task records, plus retries.

@@ -7,7 +7,7 @@ use std::fmt::Write;
 use super::{Collected, Gate, Span};
 
 /// How many failed tasks the summaries list before saying "and N more".
-const MAX_LISTED: usize = 50;
+pub(super) const MAX_LISTED: usize = 50;
 
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.digits$}"))
@@ -39,13 +39,16 @@ fn esc(s: &str) -> String {
     out
 }
 
-/// Failed entries as `(task, agent, error)`, sorted by agent then task.
-fn failures(c: &Collected) -> Vec<(&str, &str, String)> {
+/// Failed entries as `(task, agent, error)`, sorted by agent then task. An entry whose
+/// task record says it is no longer failed (retried since) is left out.
+pub(super) fn failures(c: &Collected) -> Vec<(&str, &str, String)> {
     let mut out = Vec::new();
+    let now_failed: std::collections::HashMap<&str, bool> =
+        c.tasks.iter().map(|t| (t.id.as_str(), t.state() == Some(crate::task::Status::Failed))).collect();
     for (agent, r) in &c.by_agent {
         for t in &r.tasks {
-            if t.status() == "failed" {
-                let error = match t.field("error") {
+            if t.status() == "failed" && now_failed.get(t.id()).copied().unwrap_or(true) {
+                let error = match t.field("error").or_else(|| t.field("reason")) {
                     Some(serde_json::Value::String(s)) => s.clone(),
                     Some(v) => v.to_string(),
                     None => String::new(),
@@ -149,6 +152,19 @@ pub fn markdown(c: &Collected, gates: Option<&[Gate]>) -> String {
         for (task, agent, error) in failed.iter().take(MAX_LISTED) {
             let why = if error.is_empty() { "(no error given)".to_string() } else { md(error) };
             let _ = writeln!(o, "- `{}` (agent {}): {why}", md(task), md(agent));
+            if let Some(st) = c.stderr_tails.get(*task) {
+                let _ = writeln!(
+                    o,
+                    "\n  Last lines of its stderr (attempt {}, `{}` in the session):\n",
+                    st.attempt, st.file
+                );
+                let fence = if st.tail.contains("```") { "~~~~" } else { "```" };
+                let _ = writeln!(o, "  {fence}text");
+                for line in st.tail.lines() {
+                    let _ = writeln!(o, "  {line}");
+                }
+                let _ = writeln!(o, "  {fence}\n");
+            }
         }
         if failed.len() > MAX_LISTED {
             let _ = writeln!(o, "- ... and {} more (see results/final-report.json)", failed.len() - MAX_LISTED);
@@ -313,7 +329,17 @@ pub fn html(c: &Collected, gates: Option<&[Gate]>) -> String {
         o.push_str("<section id=\"failures\">\n<h2>Failures</h2>\n<ul>\n");
         for (task, agent, error) in failed.iter().take(MAX_LISTED) {
             let why = if error.is_empty() { "(no error given)" } else { error.as_str() };
-            let _ = writeln!(o, "<li><code>{}</code> (agent {}): {}</li>", esc(task), esc(agent), esc(why));
+            let _ = write!(o, "<li><code>{}</code> (agent {}): {}", esc(task), esc(agent), esc(why));
+            if let Some(st) = c.stderr_tails.get(*task) {
+                let _ = write!(
+                    o,
+                    "<br>Last lines of its stderr (attempt {}, <code>{}</code> in the session):<pre>{}</pre>",
+                    st.attempt,
+                    esc(&st.file),
+                    esc(&st.tail)
+                );
+            }
+            o.push_str("</li>\n");
         }
         if failed.len() > MAX_LISTED {
             let _ = writeln!(o, "<li>... and {} more (see results/final-report.json)</li>", failed.len() - MAX_LISTED);

@@ -33,6 +33,7 @@ pub use read::{read_result_file, read_result_log};
 /// only carried along in the entry's raw JSON.
 pub(crate) const READ_FIELDS: &[&str] = &[
     "error",
+    "reason",
     "claimed_at",
     "started_at",
     "assigned_at",

@@ -113,7 +113,9 @@ pub fn assign(dir: &SessionDir, opts: &AssignOptions, timeout: Duration) -> Resu
 
     let mut report = AssignReport::default();
     let mut waiting: Vec<Task> = Vec::new(); // heads of routes whose capable agents are all busy
-    let mut scan = index::PendingScan::open(dir, |r| agents.iter().any(|c| admitted(r, c)))?;
+    // Paused routes are left out of the scan: nothing of them is assigned or preempted for.
+    let paused = super::pause::paused(dir)?;
+    let mut scan = index::PendingScan::open(dir, |r| paused.admits(r) && agents.iter().any(|c| admitted(r, c)))?;
     let claim_opts = ClaimOptions { lease: opts.lease, assigned_by: Some(COORDINATOR.to_string()) };
     while let Some((ri, e)) = scan.peek()? {
         let Some(route) = scan.route(ri).cloned() else { break };

@@ -52,6 +52,16 @@ impl Bell {
     /// Watches each path: a file for changes to its content or metadata, a directory for
     /// entries renamed or created in it. Missing bell files are created first.
     pub fn watch(paths: &[PathBuf]) -> Bell {
+        Bell::watch_with(paths, false)
+    }
+
+    /// Like [`Bell::watch`], but a directory also wakes the waiter when a file in it is
+    /// written to (for following output files as they grow).
+    pub fn watch_writes(paths: &[PathBuf]) -> Bell {
+        Bell::watch_with(paths, true)
+    }
+
+    fn watch_with(paths: &[PathBuf], writes: bool) -> Bell {
         if let Some(every) = crate::env::forced_poll() {
             for p in paths.iter().filter(|p| !p.exists()) {
                 ring(p);
@@ -66,7 +76,9 @@ impl Bell {
                         ring(p);
                     }
                     let mask = if p.is_dir() {
-                        WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_FROM
+                        let entries =
+                            WatchMask::MOVED_TO | WatchMask::CREATE | WatchMask::DELETE | WatchMask::MOVED_FROM;
+                        if writes { entries | WatchMask::MODIFY } else { entries }
                     } else {
                         WatchMask::ATTRIB | WatchMask::MODIFY | WatchMask::CLOSE_WRITE
                     };
@@ -89,6 +101,29 @@ impl Bell {
     pub fn with_signals(mut self, signals: &Signals) -> Bell {
         self.signals = Some(signals.reader.as_raw_fd());
         self
+    }
+
+    /// The inotify descriptor, readable when something watched changed, for a caller
+    /// that polls it with other descriptors (`None` when polling: look every
+    /// [`Bell::poll_interval`]). Call [`Bell::drain`] after it turned readable.
+    pub fn fd(&self) -> Option<RawFd> {
+        self.inotify.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// How often a polling bell's owner should look (see [`Bell::fd`]).
+    pub fn poll_interval(&self) -> Duration {
+        self.poll
+    }
+
+    /// Reads every queued event; whether there was any.
+    pub fn drain(&mut self) -> bool {
+        let Some(ino) = &mut self.inotify else { return false };
+        let mut buf = [0u8; 4096];
+        let mut any = false;
+        while ino.read_events(&mut buf).is_ok_and(|mut ev| ev.next().is_some()) {
+            any = true;
+        }
+        any
     }
 
     /// Whether this bell really blocks on inotify (false: polling fallback).
@@ -131,19 +166,8 @@ impl Bell {
                 }
                 continue;
             }
-            if let Some(ino) = &mut self.inotify {
-                let mut buf = [0u8; 4096];
-                // Drain everything queued: one wake-up per burst of changes.
-                loop {
-                    let more = match ino.read_events(&mut buf) {
-                        Ok(mut ev) => ev.next().is_some(),
-                        Err(_) => false,
-                    };
-                    if !more {
-                        break;
-                    }
-                }
-            }
+            // Drain everything queued: one wake-up per burst of changes.
+            self.drain();
             return Wake::Changed;
         }
     }

@@ -47,7 +47,11 @@ pub(crate) fn claim_unassigning(
     timeout: Duration,
 ) -> Result<Option<Task>> {
     let a = active_agent(dir, agent)?;
-    let mut scan = index::PendingScan::open(dir, |r| r.admits(&a.agent_type, &a.capabilities))?;
+    let paused = super::pause::paused(dir)?;
+    if paused.all.is_some() {
+        return Ok(None);
+    }
+    let mut scan = index::PendingScan::open(dir, |r| paused.admits(r) && r.admits(&a.agent_type, &a.capabilities))?;
     while let Some((i, e)) = scan.peek()? {
         scan.advance(i);
         if let Some(t) = take(dir, &e, agent, opts)? {

@@ -93,8 +93,34 @@ pub(crate) fn fail_as(
         agent: t.assigned_to.clone(),
         at: time::now_rfc3339(),
         error: error.to_string(),
+        killed: false,
     };
-    requeue_held(dir, guard, t, &path, true, Some(err), unassign, timeout)
+    requeue_held(dir, guard, t, &path, Spend::Yes, Some(err), unassign, timeout)
+}
+
+/// Records an attempt stopped by `taskd kill`: with `retry` like a failure (back to
+/// pending while attempts are left), without it the task fails for good.
+pub(crate) fn kill_as(
+    dir: &SessionDir,
+    id: &str,
+    holder: &Holder,
+    error: &str,
+    retry: bool,
+    unassign: Unassign,
+    timeout: Duration,
+) -> Result<Task> {
+    id::validate("task", id)?;
+    let guard = task_lock(dir, id, timeout)?;
+    let (t, path) = held(dir, id, holder)?;
+    let err = TaskError {
+        attempt: t.attempts,
+        agent: t.assigned_to.clone(),
+        at: time::now_rfc3339(),
+        error: error.to_string(),
+        killed: true,
+    };
+    let spend = if retry { Spend::Yes } else { Spend::Last };
+    requeue_held(dir, guard, t, &path, spend, Some(err), unassign, timeout)
 }
 
 /// Gives a claimed task back without spending an attempt (after a `preempt` message,
@@ -103,17 +129,29 @@ pub fn release(dir: &SessionDir, id: &str, holder: &Holder, timeout: Duration) -
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (t, path) = held(dir, id, holder)?;
-    requeue_held(dir, guard, t, &path, false, None, Unassign::Now, timeout)
+    requeue_held(dir, guard, t, &path, Spend::No, None, Unassign::Now, timeout)
 }
 
-/// Moves a held claim back to pending, or to failed when no attempts are left.
+/// What an ended claim does to the attempt budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Spend {
+    /// Nothing: the attempt does not count (a release).
+    No,
+    /// The attempt counts; the task is retried while attempts are left.
+    Yes,
+    /// The attempt counts and is the last: the task fails for good.
+    Last,
+}
+
+/// Moves a held claim back to pending, or to failed when no attempts are left (or
+/// `spend` is [`Spend::Last`]).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn requeue_held(
     dir: &SessionDir,
     guard: LockGuard,
     mut t: Task,
     path: &Path,
-    spend: bool,
+    spend: Spend,
     err: Option<TaskError>,
     unassign: Unassign,
     timeout: Duration,
@@ -122,11 +160,11 @@ pub(super) fn requeue_held(
     if let Some(e) = err {
         t.errors.push(e);
     }
-    if !spend {
+    if spend == Spend::No {
         t.attempts = t.attempts.saturating_sub(1);
     }
     t.clear_claim();
-    if spend && t.attempts >= t.max_attempts {
+    if spend == Spend::Last || (spend == Spend::Yes && t.attempts >= t.max_attempts) {
         let last = t.errors.last().map(|e| e.error.clone()).unwrap_or_else(|| "no attempts left".to_string());
         t.status = Status::Failed.name().to_string();
         t.failed_at = Some(time::now_rfc3339());

@@ -37,13 +37,17 @@
 pub mod assign;
 pub mod bell;
 pub mod index;
+pub mod kill;
+pub mod output;
 pub mod record;
 pub mod work;
 
 mod claim;
 mod finish;
+pub mod pause;
 mod query;
 mod requeue;
+mod retry;
 mod store;
 mod submit;
 
@@ -55,12 +59,14 @@ pub(crate) use claim::{Unassign, claim_unassigning, update_assigned};
 pub use claim::{claim, claim_wait};
 use claim::{note_assigned, take};
 pub use finish::{cancel, complete, fail, release};
-pub(crate) use finish::{complete_as, fail_as};
+pub(crate) use finish::{complete_as, fail_as, kill_as};
 pub use index::Route;
+pub use pause::{Paused, pause, paused, resume};
 use query::records_in;
 pub use query::{WaitOutcome, count, list, list_all, progress, refresh_view, show, wait};
-pub use record::{DEFAULT_MAX_ATTEMPTS, NewTask, Status, Task, TaskError};
+pub use record::{DEFAULT_MAX_ATTEMPTS, NewTask, Retry, Status, Task, TaskError};
 pub use requeue::{lease_deadline, requeue_agent, requeue_expired};
+pub use retry::{RetryWhich, retry};
 use store::{ensure_store, read_record, rewrite_record, status_file, task_lock};
 pub use submit::{parse_batch, submit};
 
@@ -79,6 +85,8 @@ const STORE_DIRS: &[&str] = &[
     "tasks/failed",
     "tasks/cancelled",
     "tasks/dependents",
+    "tasks/output",
+    "tasks/control",
 ];
 
 /// The immutable locator of a task, `tasks/ids/<id>.json`.

@@ -84,6 +84,25 @@ pub struct TaskError {
     pub at: String,
     /// What went wrong.
     pub error: String,
+    /// Set when the attempt was stopped by `taskd kill`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
+}
+
+/// One `taskd retry` of a task that had failed for good or been cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retry {
+    /// RFC 3339 UTC.
+    pub at: String,
+    /// The status it was retried from (`failed` or `cancelled`).
+    pub from: String,
+    /// Its `reason` then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Attempts made before the retry.
+    pub attempts: u32,
+    /// `max_attempts` before the retry (after it: `attempts` plus the new budget).
+    pub max_attempts: u32,
 }
 
 /// A task record, `tasks/<status>/<id>.json`. Field names follow the seed (`id`, `status`,
@@ -156,6 +175,9 @@ pub struct Task {
     /// One entry per failed attempt or requeue.
     #[serde(default)]
     pub errors: Vec<TaskError>,
+    /// One entry per `taskd retry`, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retries: Vec<Retry>,
     /// Fields this version does not know.
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::claim::Unassign;
-use super::finish::requeue_held;
+use super::finish::{Spend, requeue_held};
 use super::query::records_in;
 use super::store::{finish_interrupted, finish_one, finishing_file, read_record, status_file, task_lock};
 use super::{RequeueReport, Status, Task, TaskError};
@@ -91,8 +91,9 @@ fn requeue_one(
         agent: current.assigned_to.clone(),
         at: time::now_rfc3339(),
         error: reason,
+        killed: false,
     };
-    requeue_held(dir, guard, current, &path, true, Some(err), Unassign::Now, timeout).map(Some)
+    requeue_held(dir, guard, current, &path, Spend::Yes, Some(err), Unassign::Now, timeout).map(Some)
 }
 
 /// Returns every task claimed by `agent` to the queue, counting the attempt; a task

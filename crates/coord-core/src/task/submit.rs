@@ -96,6 +96,7 @@ pub fn submit(dir: &SessionDir, new: Vec<NewTask>, timeout: Duration) -> Result<
             failed_at: None,
             reason: None,
             errors: Vec::new(),
+            retries: Vec::new(),
             extra: Default::default(),
         };
         let route = Route::new(t.agent_type.as_deref(), &t.capabilities);

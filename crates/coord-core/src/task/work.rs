@@ -5,8 +5,14 @@
 //! `TASK_CLAIM_TOKEN`, `COORD_AGENT` in its environment, and renews the lease (by
 //! heartbeat) while it runs. Exit 0 completes the task with the command's stdout as the
 //! result (JSON if it parses, else a string); any other exit fails the attempt with the
-//! tail of its stderr. SIGTERM/SIGINT stop the loop: a running command gets SIGTERM and
-//! its task is released without spending an attempt.
+//! tail of its stderr. Each attempt's stdout and stderr are kept, up to a cap, in
+//! `tasks/output/` ([`super::output`]). SIGTERM/SIGINT stop the loop: a running command
+//! gets SIGTERM and its task is released without spending an attempt. A kill request for
+//! the running claim (`taskd kill`, [`super::kill`]) stops the command and records the
+//! attempt as killed.
+//!
+//! The command runs in a process group of its own, so a signal reaches everything it
+//! started.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -19,6 +25,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::bell::{Bell, Signals, Wake};
+use super::kill::{KILL_GRACE, KillRequest};
+use super::output::Capture;
 use super::{ClaimOptions, Holder, Task, Unassign};
 use crate::error::{Error, Result};
 use crate::fsio;
@@ -46,6 +54,8 @@ pub struct WorkOptions {
     pub max_tasks: Option<u64>,
     /// Stop after waiting this long for a task.
     pub idle_exit: Option<Duration>,
+    /// Bytes of each stream of each attempt kept in `tasks/output/` (0: none).
+    pub output_cap: u64,
 }
 
 /// One task the worker finished.
@@ -58,6 +68,9 @@ pub struct Outcome {
     pub status: String,
     /// The command's exit code (128+N for signal N).
     pub exit_code: u8,
+    /// Set when the command was stopped by `taskd kill`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub killed: bool,
 }
 
 /// The longest gap between a worker's heartbeats: a third of healthmon's default
@@ -97,6 +110,8 @@ pub fn work(
     let _removal = fsio::DeferredRemoval::start();
     let registered_here = ensure_registered(dir, opts, timeout)?;
     super::ensure_store(dir)?;
+    // Kill requests arrive here; watched for the worker's whole life, like the pending bell.
+    let mut control = Bell::watch(&[dir.tasks_control_dir()]);
     let claim_opts = ClaimOptions { lease: opts.lease, assigned_by: None };
     let program = resolve_program(&opts.cmd[0]);
     let mut done = 0u64;
@@ -110,7 +125,7 @@ pub fn work(
                 Err(Error::Empty(_)) => break,
                 Err(e) => return Err(e),
             };
-            let outcome = run_one(dir, opts, &program, &t, &signals, timeout)?;
+            let outcome = run_one(dir, opts, &program, &t, &signals, &mut control, timeout)?;
             // A finished task is a sign of life, even one shorter than the beat interval.
             beat(dir, &opts.agent);
             if outcome.status != "lost" {
@@ -274,6 +289,7 @@ fn run_one(
     program: &Path,
     t: &Task,
     signals: &Signals,
+    control: &mut Bell,
     timeout: Duration,
 ) -> Result<Outcome> {
     let holder = Holder { agent: Some(opts.agent.clone()), token: t.claim_token.clone() };
@@ -294,6 +310,7 @@ fn run_one(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn();
     let mut child = match spawned {
         Ok(c) => c,
@@ -301,16 +318,23 @@ fn run_one(
             // The command cannot run at all: spend the attempt with the reason.
             let msg = format!("cannot run {name:?}: {e}");
             let after = super::fail_as(dir, &t.id, &holder, &msg, Unassign::Deferred, timeout)?;
-            return Ok(Outcome { id: t.id.clone(), status: after.status, exit_code: 127 });
+            return Ok(Outcome { id: t.id.clone(), status: after.status, exit_code: 127, killed: false });
         }
     };
-    let (status, stdout, stderr, interrupted) = supervise(dir, opts, &mut child, &input, signals)
+    let ran = supervise(dir, opts, t, &mut child, &input, signals, control)
         .map_err(|e| Error::Failed(format!("running {name:?}: {e}")))?;
-    if !stderr.is_empty() {
-        let _ = std::io::stderr().write_all(&stderr);
-    }
+    let (status, stdout, stderr, interrupted) = (ran.status, ran.stdout, ran.stderr_tail, ran.interrupted);
     let code = crate::state::exit_code_of(status);
-    let finished = if interrupted {
+    let finished = if let Some(req) = &ran.killed {
+        let then = if req.retry { "retried while attempts are left" } else { "not retried" };
+        let msg = format!(
+            "killed by taskd kill (requested at {}; {then}); {name:?} exited with status {code}",
+            req.requested_at
+        );
+        let r = super::kill_as(dir, &t.id, &holder, &msg, req.retry, Unassign::Deferred, timeout).map(|a| a.status);
+        super::kill::clear(dir, req);
+        r
+    } else if interrupted {
         super::release(dir, &t.id, &holder, timeout).map(|_| "released".to_string())
     } else if status.success() {
         let result = serde_json::from_slice::<Value>(&stdout).unwrap_or_else(|_| {
@@ -331,19 +355,44 @@ fn run_one(
         }
         Err(e) => return Err(e),
     };
-    Ok(Outcome { id: t.id.clone(), status, exit_code: code })
+    Ok(Outcome { id: t.id.clone(), status, exit_code: code, killed: ran.killed.is_some() })
 }
 
-/// Feeds `input` to the child's stdin, collects its stdout and stderr, renews the lease
-/// every lease/3 and forwards SIGTERM on a signal, all from this thread, until the child
-/// has exited and both pipes are closed. Returns (status, stdout, stderr, interrupted).
+/// What running one command gave.
+struct Ran {
+    status: ExitStatus,
+    /// All of stdout (the result).
+    stdout: Vec<u8>,
+    /// The last [`STDERR_TAIL`] bytes (at least) of stderr.
+    stderr_tail: Vec<u8>,
+    /// Stopped because the worker was signalled.
+    interrupted: bool,
+    /// Stopped by this kill request.
+    killed: Option<KillRequest>,
+}
+
+/// Sends `sig` to the command's process group (its pid: it leads its own group).
+fn signal_group(child: &Child, sig: libc::c_int) {
+    // SAFETY: killpg with the group our own child leads; failure means it is gone.
+    unsafe {
+        libc::killpg(child.id() as libc::pid_t, sig);
+    }
+}
+
+/// Feeds `input` to the child's stdin, collects its stdout, keeps both streams in
+/// `tasks/output/` (forwarding stderr to the worker's own as it comes), renews the lease
+/// every lease/3, forwards SIGTERM on a signal and acts on a kill request for this claim,
+/// all from this thread, until the child has exited and both pipes are closed.
+#[allow(clippy::too_many_arguments)]
 fn supervise(
     dir: &SessionDir,
     opts: &WorkOptions,
+    t: &Task,
     child: &mut Child,
     input: &[u8],
     signals: &Signals,
-) -> std::io::Result<(ExitStatus, Vec<u8>, Vec<u8>, bool)> {
+    control: &mut Bell,
+) -> std::io::Result<Ran> {
     let file = |fd: OwnedFd| std::fs::File::from(fd);
     let mut stdin = child.stdin.take().map(|p| file(p.into()));
     let mut out_pipe = child.stdout.take().map(|p| file(p.into()));
@@ -364,10 +413,18 @@ fn supervise(
     let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw) });
     let beat_every = beat_every(opts.lease);
     let mut next_beat = Instant::now() + beat_every;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut captures = [
+        Capture::new(dir, &t.id, t.attempts, "stdout", opts.output_cap),
+        Capture::new(dir, &t.id, t.attempts, "stderr", opts.output_cap),
+    ];
+    let (mut stdout, mut stderr_tail) = (Vec::new(), Vec::new());
     let mut written = 0usize;
     let mut status: Option<ExitStatus> = None;
     let mut interrupted = false;
+    let mut killed: Option<KillRequest> = None;
+    let mut sigkill_at: Option<Instant> = None;
+    // Without inotify the kill request is looked for at the bell's poll interval.
+    let mut next_look = (control.fd().is_none()).then(Instant::now);
     let mut buf = vec![0u8; 64 * 1024];
     if input.is_empty() {
         stdin = None;
@@ -381,17 +438,24 @@ fn supervise(
         }
         if !interrupted && signals.received() {
             interrupted = true;
-            // SAFETY: kill with the pid of our own child; failure means it already exited.
-            unsafe {
-                libc::kill(child.id() as i32, libc::SIGTERM);
+            if status.is_none() {
+                signal_group(child, libc::SIGTERM);
             }
         }
         let now = Instant::now();
+        if killed.is_none() && next_look.is_some_and(|l| now >= l) {
+            next_look = Some(now + control.poll_interval());
+            killed = look_for_kill(dir, t, child, status.is_some(), &mut sigkill_at);
+        }
+        if sigkill_at.is_some_and(|k| now >= k) {
+            sigkill_at = None;
+            signal_group(child, libc::SIGKILL);
+        }
         if now >= next_beat {
             beat(dir, &opts.agent);
             next_beat = now + beat_every;
         }
-        let mut fds = Vec::with_capacity(5);
+        let mut fds = Vec::with_capacity(6);
         let mut slot = |fd: Option<RawFd>, events: libc::c_short| {
             fd.map(|fd| {
                 fds.push(libc::pollfd { fd, events, revents: 0 });
@@ -403,13 +467,18 @@ fn supervise(
         let i_err = slot(err_pipe.as_ref().map(AsRawFd::as_raw_fd), libc::POLLIN);
         let _ = slot(pidfd.as_ref().filter(|_| status.is_none()).map(AsRawFd::as_raw_fd), libc::POLLIN);
         let _ = slot((!interrupted).then(|| signals.fd()), libc::POLLIN);
+        let i_ctl = slot(control.fd().filter(|_| killed.is_none()), libc::POLLIN);
         if stdin.is_none() {
             // The command has its input: clean up after the claim while it runs.
             fsio::remove_deferred();
         }
         // Without a pidfd (old kernels) the exit is noticed by looking every 5 ms.
         let cap = if pidfd.is_none() && status.is_none() { Duration::from_millis(5) } else { beat_every };
-        let wait = next_beat.saturating_duration_since(now).min(cap);
+        let mut until = next_beat;
+        for at in [next_look.filter(|_| killed.is_none()), sigkill_at].into_iter().flatten() {
+            until = until.min(at);
+        }
+        let wait = until.saturating_duration_since(now).min(cap);
         let ms = i32::try_from(wait.as_millis().max(1)).unwrap_or(i32::MAX);
         // SAFETY: `fds` is a valid array of pollfd of the given length.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
@@ -421,6 +490,9 @@ fn supervise(
             return Err(e);
         }
         let ready = |i: Option<usize>| i.is_some_and(|i| fds[i].revents != 0);
+        if ready(i_ctl) && control.drain() && killed.is_none() {
+            killed = look_for_kill(dir, t, child, status.is_some(), &mut sigkill_at);
+        }
         if ready(i_in)
             && let Some(w) = stdin.as_mut()
         {
@@ -434,7 +506,7 @@ fn supervise(
                 stdin = None;
             }
         }
-        for (i, pipe, sink) in [(i_out, &mut out_pipe, &mut stdout), (i_err, &mut err_pipe, &mut stderr)] {
+        for (i, pipe, which) in [(i_out, &mut out_pipe, 0usize), (i_err, &mut err_pipe, 1)] {
             if !ready(i) {
                 continue;
             }
@@ -445,7 +517,20 @@ fn supervise(
                         *pipe = None;
                         break;
                     }
-                    Ok(k) => sink.extend_from_slice(&buf[..k]),
+                    Ok(k) => {
+                        let chunk = &buf[..k];
+                        captures[which].write(chunk);
+                        if which == 0 {
+                            stdout.extend_from_slice(chunk);
+                        } else {
+                            // Forwarded as it comes; only the tail is kept in memory.
+                            let _ = std::io::stderr().write_all(chunk);
+                            stderr_tail.extend_from_slice(chunk);
+                            if stderr_tail.len() > 4 * STDERR_TAIL {
+                                stderr_tail.drain(..stderr_tail.len() - STDERR_TAIL);
+                            }
+                        }
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(e),
@@ -453,8 +538,30 @@ fn supervise(
             }
         }
     }
+    for c in captures {
+        c.finish();
+    }
     let status = status.expect("the loop ends only after the exit");
-    Ok((status, stdout, stderr, interrupted))
+    Ok(Ran { status, stdout, stderr_tail, interrupted, killed })
+}
+
+/// Looks for a kill request for `t`'s claim while its command runs; on one, sends
+/// SIGTERM to the command's group and sets when SIGKILL follows.
+fn look_for_kill(
+    dir: &SessionDir,
+    t: &Task,
+    child: &Child,
+    exited: bool,
+    sigkill_at: &mut Option<Instant>,
+) -> Option<KillRequest> {
+    if exited {
+        // It ended on its own: the task finishes as the command left it.
+        return None;
+    }
+    let req = super::kill::requested(dir, t)?;
+    signal_group(child, libc::SIGTERM);
+    *sigkill_at = Some(Instant::now() + KILL_GRACE);
+    Some(req)
 }
 
 fn set_nonblocking(fd: RawFd) -> std::io::Result<()> {
