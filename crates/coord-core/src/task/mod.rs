@@ -36,6 +36,7 @@
 
 pub mod assign;
 pub mod bell;
+mod census;
 pub mod index;
 pub mod record;
 pub mod work;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use claim::{Unassign, claim_unassigning, update_assigned};
+pub use census::{Census, census};
 pub use claim::{claim, claim_wait};
 use claim::{note_assigned, take};
 pub use finish::{cancel, complete, fail, release};
