@@ -562,7 +562,12 @@ fn watch_ends_quietly_when_its_reader_goes_away() {
 
 /// `script` (util-linux) runs a command under a pseudo-terminal.
 fn script_available() -> bool {
-    Command::new("script").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("script")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 #[test]
@@ -572,10 +577,8 @@ fn watch_on_a_terminal_draws_on_the_alternate_screen_and_gives_the_terminal_back
         return;
     }
     let (env, _agent) = watched_session();
-    let inner = format!(
-        "stty rows 30 cols 100; exec {} status --watch --count 2 --interval 0.1",
-        bin("healthmon").display()
-    );
+    let inner =
+        format!("stty rows 30 cols 100; exec {} status --watch --count 2 --interval 0.1", bin("healthmon").display());
     let out = Command::new("script")
         .args(["-qfec", &inner, "/dev/null"])
         .env("COORD_BASE", &env.base)

@@ -33,7 +33,12 @@ pub fn frame(o: &Value, events: &[Value], at: &str, size: Size) -> Vec<String> {
     if t.is_object() {
         let n = |k: &str| t[k].as_u64().unwrap_or(0);
         let bar_width = width.saturating_sub(40).clamp(10, 50);
-        top.push(format!("tasks   {} {}/{} completed", bar(n("completed"), n("total"), bar_width), n("completed"), n("total")));
+        top.push(format!(
+            "tasks   {} {}/{} completed",
+            bar(n("completed"), n("total"), bar_width),
+            n("completed"),
+            n("total")
+        ));
         top.push(format!(
             "        pending {}  blocked {}  claimed {}  completed {}  failed {}  cancelled {}",
             n("pending"),
@@ -101,7 +106,8 @@ pub fn frame(o: &Value, events: &[Value], at: &str, size: Size) -> Vec<String> {
         }
         if problems.len() > shown {
             let last = lines.len() - 1;
-            lines[last] = format!("problem: … and {} more (healthmon status --json lists them)", problems.len() - shown + 1);
+            lines[last] =
+                format!("problem: … and {} more (healthmon status --json lists them)", problems.len() - shown + 1);
         }
     }
     lines.truncate(height.saturating_sub(1));
@@ -183,7 +189,8 @@ fn mailbox_lines(boxes: &[&Value], room: usize) -> Vec<String> {
     let total = boxes.len();
     let mut lines = vec![format!("mailboxes  {total} not empty")];
     let fit = room.saturating_sub(2);
-    let (shown, hidden) = if total <= fit { (total, 0) } else { (fit.saturating_sub(1), total - fit.saturating_sub(1)) };
+    let (shown, hidden) =
+        if total <= fit { (total, 0) } else { (fit.saturating_sub(1), total - fit.saturating_sub(1)) };
     let mut rows: Vec<Vec<String>> =
         vec![["MAILBOX", "QUEUED", "IN FLIGHT", "DEAD"].iter().map(|h| h.to_string()).collect()];
     for m in &boxes[..shown] {
@@ -274,10 +281,14 @@ mod tests {
             assert!(lines.len() <= height, "{} lines for a height of {height}", lines.len());
             assert!(lines.iter().all(|l| l.chars().count() <= width), "a line is wider than {width}");
             let header = lines.iter().position(|l| l.starts_with("ID ")).expect("the agents' header");
-            let more = lines.iter().position(|l| l.contains("more agents not shown")).expect("a line counts the hidden agents");
+            let more = lines
+                .iter()
+                .position(|l| l.contains("more agents not shown"))
+                .expect("a line counts the hidden agents");
             let shown = more - header - 1;
             assert!(shown >= 1, "at least one agent is listed at {width}x{height}");
-            let hidden: usize = lines[more].trim_start_matches("… ").split(' ').next().and_then(|n| n.parse().ok()).expect("a number");
+            let hidden: usize =
+                lines[more].trim_start_matches("… ").split(' ').next().and_then(|n| n.parse().ok()).expect("a number");
             assert_eq!(shown + hidden, 1000, "shown + hidden = all, at {width}x{height}");
             assert_eq!(lines.last().map(String::as_str), Some("q, Esc or Ctrl-C quits"));
         }
@@ -323,7 +334,9 @@ mod tests {
         assert_eq!(bar(7, 3, 4), "[####] 100%", "never past full");
         let o = snapshot(2, &[], 50, 100);
         let lines = frame(&o, &[], "now", Size { width: 80, height: 24 });
-        assert!(lines.iter().any(|l| l.starts_with("tasks   [") && l.contains("50%") && l.ends_with("50/100 completed")));
+        assert!(
+            lines.iter().any(|l| l.starts_with("tasks   [") && l.contains("50%") && l.ends_with("50/100 completed"))
+        );
     }
 
     #[test]

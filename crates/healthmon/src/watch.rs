@@ -87,9 +87,8 @@ fn signals() -> Result<(mpsc::Receiver<i32>, Arc<AtomicBool>)> {
     let (tx, rx) = mpsc::channel::<i32>();
     let flag = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&flag);
-    let mut signals =
-        signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
-            .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| Error::Failed(format!("cannot install signal handlers: {e}")))?;
     std::thread::spawn(move || {
         for sig in signals.forever() {
             seen.store(true, Ordering::SeqCst);
@@ -351,7 +350,10 @@ mod tests {
         std::fs::write(&p, &text).expect("write");
         let lines = read_tail(&p, 3).expect("tail");
         let got: Vec<String> = lines.iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
-        assert_eq!(got, ["{\"event\":\"e\",\"i\":4997}", "{\"event\":\"e\",\"i\":4998}", "{\"event\":\"e\",\"i\":4999}"]);
+        assert_eq!(
+            got,
+            ["{\"event\":\"e\",\"i\":4997}", "{\"event\":\"e\",\"i\":4998}", "{\"event\":\"e\",\"i\":4999}"]
+        );
         assert_eq!(read_tail(&p, 10_000).expect("all").len(), 5000);
     }
 

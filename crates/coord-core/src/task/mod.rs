@@ -52,8 +52,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use claim::{Unassign, claim_unassigning, update_assigned};
 pub use census::{Census, census};
+pub(crate) use claim::{Unassign, claim_unassigning, update_assigned};
 pub use claim::{claim, claim_wait};
 use claim::{note_assigned, take};
 pub use finish::{cancel, complete, fail, release};
