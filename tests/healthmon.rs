@@ -412,3 +412,191 @@ fn a_worker_is_never_taken_for_hung_busy_or_idle() {
         "a busy then idle worker was judged: {judged:?}"
     );
 }
+
+// --- status --watch ----------------------------------------------------------------------
+
+/// A session with one live agent, three tasks (one completed) and two event lines, one of
+/// them not JSON.
+fn watched_session() -> (TestEnv, Sleeper) {
+    let env = TestEnv::with_session();
+    let sleeper = Sleeper::start();
+    env.cmd("registry").args(["register", "w1", "--type", "worker", "--pid", &sleeper.pid()]).ok();
+    env.cmd("taskd")
+        .args(["submit", "--batch"])
+        .run_with_stdin(b"{\"id\":\"t1\"}\n{\"id\":\"t2\"}\n{\"id\":\"t3\",\"dependencies\":[\"t2\"]}\n")
+        .assert_code(0);
+    let claimed = env.cmd("taskd").args(["claim", "w1"]).ok().json();
+    env.cmd("taskd").args(["complete", claimed["id"].as_str().expect("id"), "--result", "1"]).ok();
+    let events = env.dir().join("metrics/events.jsonl");
+    let mut text = std::fs::read_to_string(&events).unwrap_or_default();
+    text.push_str("{\"ts\":\"2026-01-01T00:00:00.000Z\",\"event\":\"warning\",\"reason\":\"planted\"}\nnot json\n");
+    std::fs::write(&events, text).expect("plant events");
+    (env, sleeper)
+}
+
+/// Reads stdout lines of a watch as JSON values on a channel.
+fn watch_lines(child: &mut Child) -> std::sync::mpsc::Receiver<Value> {
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn watch_prints_json_lines_with_the_status_members_at_and_events() {
+    let (env, _agent) = watched_session();
+    let status = env.cmd("healthmon").args(["status", "--json"]).ok().json();
+    let out = env.cmd("healthmon").args(["status", "--watch", "--count", "3", "--interval", "0.1"]).ok();
+    let lines = out.json_lines();
+    assert_eq!(lines.len(), 3, "{}", out.stdout_str());
+    let mut last_at = String::new();
+    for l in &lines {
+        let keys: Vec<&str> = l.as_object().expect("object").keys().map(String::as_str).collect();
+        let mut want: Vec<&str> = status.as_object().expect("object").keys().map(String::as_str).collect();
+        want.insert(0, "at");
+        want.push("events");
+        assert_eq!(keys, want);
+        let at = l["at"].as_str().expect("at");
+        assert!(at.len() == 24 && at.ends_with('Z') && at.as_bytes()[10] == b'T', "RFC 3339 UTC: {at}");
+        assert!(at > last_at.as_str(), "snapshots are taken one after the other");
+        last_at = at.to_string();
+        assert_eq!(l["tasks"], status["tasks"]);
+        assert_eq!(l["tasks"]["total"], 3);
+        assert_eq!(l["tasks"]["completed"], 1);
+        assert_eq!(l["tasks"]["blocked"], 1);
+        assert_eq!(l["mailboxes"], status["mailboxes"]);
+        assert_eq!(l["session"], status["session"]);
+        assert_eq!(l["agents"][0]["id"], "w1");
+        assert_eq!(l["agents"][0]["alive"], true);
+        let events = l["events"].as_array().expect("events");
+        assert!(events.iter().any(|e| e["reason"] == "planted"), "{events:?}");
+        assert!(events.iter().all(Value::is_object));
+        let problems = l["problems"].as_array().expect("problems");
+        assert!(problems.iter().any(|p| p.as_str().is_some_and(|p| p.contains("not JSON"))), "{problems:?}");
+    }
+}
+
+#[test]
+fn watch_sees_a_change_made_while_it_runs_and_stops_at_its_count() {
+    let (env, _agent) = watched_session();
+    let second = Sleeper::start();
+    let mut child = env.cmd("healthmon").args(["status", "--watch", "--count", "50", "--interval", "0.1"]).spawn();
+    let rx = watch_lines(&mut child);
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("a first line");
+    assert_eq!(first["tasks"]["total"], 3);
+    env.cmd("taskd").args(["submit", "--id", "late"]).ok();
+    env.cmd("registry").args(["register", "w2", "--type", "worker", "--pid", &second.pid()]).ok();
+    let mut seen = 1;
+    let changed = loop {
+        let Ok(l) = rx.recv_timeout(Duration::from_secs(10)) else { break None };
+        seen += 1;
+        if l["tasks"]["total"] == 4 && l["agents"].as_array().is_some_and(|a| a.len() == 2) {
+            break Some(l);
+        }
+    };
+    let changed = changed.expect("a later snapshot shows the new task and agent");
+    assert_eq!(changed["tasks"]["pending"], 2);
+    while rx.recv_timeout(Duration::from_secs(10)).is_ok() {
+        seen += 1;
+    }
+    assert_eq!(seen, 50, "exactly --count lines");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
+
+#[test]
+fn watch_rejects_bad_values_and_a_missing_session_with_exit_2() {
+    let env = TestEnv::with_session();
+    for bad in [
+        &["--count", "0"][..],
+        &["--count", "many"],
+        &["--interval", "0"],
+        &["--interval", "soon"],
+        &["--events", "5000"],
+    ] {
+        let out = env.cmd("healthmon").args(["status", "--watch"]).args(bad).code(2);
+        out.stderr_has(&[bad[0]]);
+        assert!(out.stdout_str().is_empty());
+    }
+    env.cmd("healthmon").args(["status", "--count", "3"]).code(2).stderr_has(&["--watch"]);
+    let missing = env.cmd("healthmon").args(["status", "--watch", "--session", "nope"]).code(2);
+    missing.stderr_has(&["session \"nope\" not found"]);
+}
+
+#[test]
+fn watch_exits_0_on_sigterm_and_sigint() {
+    let (env, _agent) = watched_session();
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let mut child = env.cmd("healthmon").args(["status", "--watch", "--interval", "0.2"]).spawn();
+        let rx = watch_lines(&mut child);
+        rx.recv_timeout(Duration::from_secs(10)).expect("a first line");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let started = Instant::now();
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(0), "signal {sig}");
+        assert!(started.elapsed() < Duration::from_secs(2), "stopped at once, not at a later refresh");
+    }
+}
+
+#[test]
+fn watch_ends_quietly_when_its_reader_goes_away() {
+    let (env, _agent) = watched_session();
+    let mut child = env.cmd("healthmon").args(["status", "--watch", "--interval", "0.05"]).spawn();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    out.read_line(&mut line).expect("a first line");
+    serde_json::from_str::<Value>(&line).expect("JSON");
+    drop(out); // the reader of the pipe is gone, as with `| head -n 1`
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(output.stderr.is_empty(), "quiet: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// `script` (util-linux) runs a command under a pseudo-terminal.
+fn script_available() -> bool {
+    Command::new("script")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn watch_on_a_terminal_draws_on_the_alternate_screen_and_gives_the_terminal_back() {
+    if !script_available() {
+        println!("skipped: `script` (util-linux) is not installed");
+        return;
+    }
+    let (env, _agent) = watched_session();
+    let inner =
+        format!("stty rows 30 cols 100; exec {} status --watch --count 2 --interval 0.1", bin("healthmon").display());
+    let out = Command::new("script")
+        .args(["-qfec", &inner, "/dev/null"])
+        .env("COORD_BASE", &env.base)
+        .env("COORD_SESSION", env.sid())
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let enter = text.find("\x1b[?1049h").expect("entered the alternate screen");
+    let leave = text.rfind("\x1b[?1049l").expect("left the alternate screen");
+    assert!(enter < leave);
+    let shown = text.rfind("\x1b[?25h").expect("showed the cursor again");
+    assert!(shown > enter && text.find("\x1b[?25l").is_some_and(|hidden| hidden > enter && hidden < shown));
+    let screen = &text[enter..leave];
+    assert!(screen.contains("session "), "{screen}");
+    assert!(screen.contains("1/3 completed"), "{screen}");
+    assert!(screen.contains("q, Esc or Ctrl-C quits"), "{screen}");
+    assert!(!text.contains("{\"at\""), "no JSON on a terminal");
+}

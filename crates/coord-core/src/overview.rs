@@ -26,30 +26,51 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// `agents`, `mailboxes`, `tasks` and `problems`. Only a missing or unreadable session
 /// record is an error.
 pub fn overview(dir: &SessionDir) -> Result<Value> {
-    let s = session::read(dir)?;
-    let global = state::get(dir, "global").unwrap_or(Value::Null);
-    let (agents, mut problems) = health::agent_views(dir, STALE_AFTER)?;
-    let mut mailboxes = Vec::new();
-    for a in &agents {
-        match mailbox::count(dir, &a.id) {
-            Ok(c) => mailboxes.push(c),
-            Err(e) => problems.push(format!("mailbox of {}: {e}", a.id)),
-        }
+    Overview::new().gather(dir)
+}
+
+/// Gathers the overview again and again (a live view): the task counts come from a
+/// [`task::Census`] that lists only the directories that changed since the last time.
+#[derive(Debug, Default)]
+pub struct Overview {
+    census: task::Census,
+}
+
+impl Overview {
+    /// Nothing remembered yet.
+    pub fn new() -> Overview {
+        Overview::default()
     }
-    let tasks = match task::list_all(dir) {
-        Ok(all) => serde_json::to_value(task::count(&all)).unwrap_or(Value::Null),
-        Err(e) => {
-            problems.push(format!("tasks: {e}"));
-            Value::Null
+
+    /// The overview now, the same object [`overview`] gives.
+    pub fn gather(&mut self, dir: &SessionDir) -> Result<Value> {
+        let s = session::read(dir)?;
+        let global = state::get(dir, "global").unwrap_or(Value::Null);
+        let (agents, mut problems) = health::agent_views(dir, STALE_AFTER)?;
+        let mut mailboxes = Vec::new();
+        for a in &agents {
+            match mailbox::count(dir, &a.id) {
+                Ok(c) => mailboxes.push(c),
+                Err(e) => problems.push(format!("mailbox of {}: {e}", a.id)),
+            }
         }
-    };
-    Ok(json!({
-        "session": {"id": s.id, "operation": s.operation, "status": s.status, "started_at": s.started_at},
-        "phase": global.get("phase").cloned().unwrap_or(Value::Null),
-        "operation_progress": global.get("operation_progress").cloned().unwrap_or(Value::Null),
-        "agents": agents,
-        "mailboxes": mailboxes,
-        "tasks": tasks,
-        "problems": problems,
-    }))
+        // Counted from the names in the status directories and the pending index; no
+        // record is read (see task::Census).
+        let tasks = match self.census.count(dir) {
+            Ok(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            Err(e) => {
+                problems.push(format!("tasks: {e}"));
+                Value::Null
+            }
+        };
+        Ok(json!({
+            "session": {"id": s.id, "operation": s.operation, "status": s.status, "started_at": s.started_at},
+            "phase": global.get("phase").cloned().unwrap_or(Value::Null),
+            "operation_progress": global.get("operation_progress").cloned().unwrap_or(Value::Null),
+            "agents": agents,
+            "mailboxes": mailboxes,
+            "tasks": tasks,
+            "problems": problems,
+        }))
+    }
 }

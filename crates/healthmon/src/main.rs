@@ -9,7 +9,9 @@ use coord_core::health::{self, Event, Monitor, MonitorConfig};
 use coord_core::layout::ToolLock;
 use coord_core::{Error, Result, cli, error::exit, lock, output, sys};
 
+mod frame;
 mod status;
+mod watch;
 
 /// Watch a session's agents; requeue the work of dead or hung ones
 ///
@@ -58,12 +60,56 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Print an overview of the session: phase, progress, agents, mailboxes, tasks
+    ///
+    /// With --watch it refreshes every --interval: on a terminal in place (the alternate
+    /// screen; q, Esc or Ctrl-C quits), otherwise (or with --json) as one JSON line per
+    /// refresh, the members of `status --json` plus "at" and "events".
+    #[command(after_help = STATUS_EXAMPLES)]
     Status {
-        /// Print one JSON object instead of the table
+        /// Print one JSON object instead of the table (with --watch: JSON Lines even on
+        /// a terminal)
         #[arg(long)]
         json: bool,
+
+        /// Keep refreshing the overview: a live view on a terminal, JSON Lines otherwise
+        #[arg(long)]
+        watch: bool,
+
+        /// Seconds between refreshes of --watch (more than 0)
+        #[arg(long, default_value = "1", value_name = "SECS", value_parser = positive_secs, requires = "watch")]
+        interval: Duration,
+
+        /// Stop after N refreshes of --watch (at least 1)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "watch")]
+        count: Option<u64>,
+
+        /// How many recent events of metrics/events.jsonl --watch shows (0 to 1000)
+        #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1000), requires = "watch")]
+        events: u16,
     },
 }
+
+/// `cli::parse_secs`, refusing 0 (a refresh loop without a pause).
+fn positive_secs(s: &str) -> std::result::Result<Duration, String> {
+    let d = cli::parse_secs(s)?;
+    if d.is_zero() {
+        return Err("must be more than 0".to_string());
+    }
+    Ok(d)
+}
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  healthmon status                              # the overview, once
+  healthmon status --json | jq .tasks
+  healthmon status --watch                      # live view; q, Esc or Ctrl-C quits
+  healthmon status --watch --interval 0.5 --events 20
+  healthmon status --watch --count 3 | jq -c '{at, done: .tasks.completed}'
+  healthmon status --watch --json > status.jsonl &   # a log of snapshots; stop it with kill
+
+Exit codes: 0 ok (--watch: quit with q, Esc or Ctrl-C, stopped by SIGTERM/SIGINT, --count
+reached, or stdout closed), 1 failed (the session record became unreadable, the terminal
+failed), 2 bad usage (no such session, a bad option value such as --count 0)";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -71,6 +117,7 @@ Examples:
   healthmon --once || echo 'someone died'       # one check, for cron or CI
   healthmon status                              # the overview
   healthmon status --json | jq '.agents[] | select(.alive == false)'
+  healthmon status --watch                      # the live view (healthmon status --help)
 
 Exit codes: 0 ok (stopped by SIGTERM/SIGINT or because the session ended; --once: all
 alive), 1 failed (another healthmon watches the session; --once: an agent was declared
@@ -81,7 +128,10 @@ fn main() -> ExitCode {
     cli::run("healthmon", || {
         let dir = args.session.open()?;
         match args.command {
-            Some(Cmd::Status { json }) => status::show(&dir, json),
+            Some(Cmd::Status { json, watch: true, interval, count, events }) => {
+                watch::run(dir, &watch::Options { interval, count, events: usize::from(events), json })
+            }
+            Some(Cmd::Status { json, .. }) => status::show(&dir, json),
             None => watch(&args, dir),
         }
     })

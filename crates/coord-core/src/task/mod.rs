@@ -36,6 +36,7 @@
 
 pub mod assign;
 pub mod bell;
+mod census;
 pub mod index;
 pub mod kill;
 pub mod output;
@@ -55,6 +56,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use census::{Census, census};
 pub(crate) use claim::{Unassign, claim_unassigning, update_assigned};
 pub use claim::{claim, claim_wait};
 use claim::{note_assigned, take};
