@@ -11,7 +11,7 @@ usage() {
 Usage: scripts/bench.sh [--quick] [--write | --no-write] [SUITE...]
 
 Runs the benchmark suites of scripts/bench/ (default: all of them, taskd first, then
-the others in name order: taskd foundation healthmon mcp msgq report; taskd goes before
+the others in name order: taskd foundation healthmon mcp msgq report watch; taskd goes before
 the suites that create and delete 100,000s of files, see docs/performance.md) on this
 machine, against the peers that are installed, and prints each suite's Markdown
 tables, then one summary table with a row per measured figure: suite, metric, value,
@@ -40,6 +40,8 @@ Suites and what they compare (full size; --quick size in brackets):
               GNU parallel -j2, tsp -S 2, nq, pueue (50 [10] jobs); claim + complete
               with 100 vs 100,000 [10,000] pending; `submit --batch` of 100,000
               [10,000] tasks; peak RSS of `claim` with 100,000 [10,000] pending
+  watch       `healthmon status --watch` over 1000 agents and 100,000 tasks: time
+              to the first JSON line, CPU while watching (a pipe, and a pty)
 Hand-timed loops run 3 times; every figure is a median with its min-max (hyperfine's
 for the commands it times). Ratios are of medians. Tables go to stdout, progress to
 stderr. One suite runs alone with `QUICK=1 bash scripts/bench/SUITE.sh` (its tables

@@ -34,6 +34,49 @@ pub fn overview(dir: &SessionDir) -> Result<Value> {
 #[derive(Debug, Default)]
 pub struct Overview {
     census: task::Census,
+    /// Each agent's mailbox counts, with the mtimes of its directories when counted.
+    mailboxes: std::collections::HashMap<String, (MailboxStamps, mailbox::Counts)>,
+}
+
+/// The mtimes of a mailbox's `tmp`, `new`, `cur`, `done`, `dead` and `bad` directories.
+type MailboxStamps = [Option<std::time::SystemTime>; 6];
+
+/// A directory changed less than this long ago is listed again even if its mtime is the
+/// one seen last time (two changes within one timestamp tick look like one).
+const FRESH: Duration = Duration::from_secs(2);
+
+impl Overview {
+    /// An agent's mailbox counts: counted again unless none of its directories changed
+    /// since the last count and its queue was empty then (`new/` holds shard
+    /// directories, whose own changes its mtime does not show; an empty `new/` gains one
+    /// with the first message, which does).
+    fn mailbox_counts(&mut self, dir: &SessionDir, agent: &str) -> Result<mailbox::Counts> {
+        let paths = [
+            dir.mailbox_tmp(agent),
+            dir.mailbox_new(agent),
+            dir.mailbox_cur(agent),
+            dir.mailbox_done(agent),
+            dir.mailbox_dead(agent),
+            dir.mailbox_bad(agent),
+        ];
+        let now = std::time::SystemTime::now();
+        let mut stamps: MailboxStamps = [None; 6];
+        let mut settled = true;
+        for (i, p) in paths.iter().enumerate() {
+            stamps[i] = std::fs::metadata(p).ok().and_then(|m| m.modified().ok());
+            settled &= stamps[i].is_none_or(|t| now.duration_since(t).is_ok_and(|age| age >= FRESH));
+        }
+        if settled
+            && let Some((seen, counts)) = self.mailboxes.get(agent)
+            && *seen == stamps
+            && counts.queued == 0
+        {
+            return Ok(counts.clone());
+        }
+        let counts = mailbox::count(dir, agent)?;
+        self.mailboxes.insert(agent.to_string(), (stamps, counts.clone()));
+        Ok(counts)
+    }
 }
 
 impl Overview {
@@ -49,7 +92,7 @@ impl Overview {
         let (agents, mut problems) = health::agent_views(dir, STALE_AFTER)?;
         let mut mailboxes = Vec::new();
         for a in &agents {
-            match mailbox::count(dir, &a.id) {
+            match self.mailbox_counts(dir, &a.id) {
                 Ok(c) => mailboxes.push(c),
                 Err(e) => problems.push(format!("mailbox of {}: {e}", a.id)),
             }
@@ -72,5 +115,60 @@ impl Overview {
             "tasks": tasks,
             "problems": problems,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Base;
+
+    #[test]
+    fn a_remembered_mailbox_count_gives_way_to_a_change_after_its_directories_settled() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&Base::new(tmp.path().join("base")), "unit").expect("init");
+        let req = crate::registry::Registration {
+            id: "a1".into(),
+            agent_type: "worker".into(),
+            capabilities: Vec::new(),
+            pid: std::process::id(),
+            replace: false,
+        };
+        crate::registry::register(&dir, &req, Duration::from_secs(5)).expect("register");
+        // Age the mailbox's directories, as if nothing had changed for a while.
+        let settle = |dir: &SessionDir| {
+            let old = std::time::SystemTime::now() - Duration::from_secs(60);
+            for p in [
+                dir.mailbox_tmp("a1"),
+                dir.mailbox_new("a1"),
+                dir.mailbox_cur("a1"),
+                dir.mailbox_done("a1"),
+                dir.mailbox_dead("a1"),
+                dir.mailbox_bad("a1"),
+            ] {
+                if let Ok(f) = std::fs::File::open(&p) {
+                    f.set_modified(old).expect("set mtime");
+                }
+            }
+        };
+        settle(&dir);
+        let mut o = Overview::new();
+        let queued = |v: &Value| v["mailboxes"][0]["queued"].as_u64();
+        assert_eq!(queued(&o.gather(&dir).expect("gather")), Some(0));
+        assert_eq!(queued(&o.gather(&dir).expect("gather")), Some(0), "remembered");
+        let msg = mailbox::Outgoing {
+            from: "me".into(),
+            to: "a1".into(),
+            msg_type: "hello".into(),
+            payload: Value::Null,
+            priority: 0,
+            requires_ack: false,
+        };
+        mailbox::send(&dir, msg).expect("send");
+        settle(&dir);
+        // Even with every mtime aged again, the empty queue's new shard shows in new/.
+        let v = o.gather(&dir).expect("gather");
+        assert_eq!(queued(&v), Some(1), "{v}");
+        assert_eq!(v["mailboxes"], overview(&dir).expect("overview")["mailboxes"]);
     }
 }
