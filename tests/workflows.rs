@@ -219,6 +219,16 @@ fn retry_puts_failed_tasks_back_with_a_fresh_budget_and_keeps_their_history() {
     assert_eq!(r[0]["status"], "pending");
     assert_eq!(r[0]["max_attempts"], 5);
     assert_eq!(r[0]["retries"][0]["from"], "cancelled");
+
+    // --failed leaves out a task held back by a dependency that stays cancelled.
+    submit(&env, &["--id", "gone"]);
+    submit(&env, &["--id", "orphan", "--after", "gone"]);
+    env.cmd("taskd").args(["cancel", "gone"]).ok();
+    assert_eq!(show(&env, "orphan")["status"], "failed");
+    let out = env.cmd("taskd").args(["retry", "--failed"]).ok();
+    assert!(out.json_lines().is_empty(), "{}", out.stdout_str());
+    out.stderr_has(&["task \"orphan\" is not retried", "\"gone\", which stays cancelled"]);
+    assert_eq!(show(&env, "orphan")["status"], "failed");
 }
 
 /// Whether process `pid` is gone (or a zombie).

@@ -30,7 +30,8 @@ pub enum RetryWhich {
 /// gives each task the budget it was submitted with. With [`RetryWhich::Tasks`] every
 /// task is checked first, and nothing changes when one of them cannot be retried: not
 /// failed or cancelled, or waiting for a dependency that failed and is not retried
-/// with it. Tasks are retried in submission order, so dependencies come back first.
+/// with it. With [`RetryWhich::Failed`] such a task is left out (logged) and the others
+/// are retried. Tasks are retried in submission order, so dependencies come back first.
 pub fn retry(dir: &SessionDir, which: &RetryWhich, budget: Option<u32>, timeout: Duration) -> Result<Vec<Task>> {
     if budget == Some(0) {
         return Err(Error::Usage("a retry needs a budget of at least 1 attempt".into()));
@@ -61,19 +62,40 @@ pub fn retry(dir: &SessionDir, which: &RetryWhich, budget: Option<u32>, timeout:
         }
     };
     chosen.sort_by_key(|t| t.seq);
-    let retried: Vec<&str> = chosen.iter().map(|t| t.id.as_str()).collect();
-    for t in &chosen {
-        for d in &t.dependencies {
-            if let Some(s @ (Status::Failed | Status::Cancelled)) = dep_status(dir, d)
-                && !retried.contains(&d.as_str())
-            {
-                return Err(Error::Failed(format!(
-                    "task {:?} depends on task {d:?}, which is {}: retry {d:?} with it (`taskd retry {d} {}`); nothing was changed",
-                    t.id,
-                    s.name(),
-                    t.id
-                )));
+    let all_failed = matches!(which, RetryWhich::Failed);
+    // With --failed, a task held back by a dependency that stays failed or cancelled is
+    // left as it is (and said); named tasks are all or nothing.
+    let blocked_by = |t: &Task, retried: &[String]| {
+        t.dependencies.iter().find_map(|d| match dep_status(dir, d) {
+            Some(s @ (Status::Failed | Status::Cancelled)) if !retried.contains(d) => Some((d.clone(), s)),
+            _ => None,
+        })
+    };
+    if all_failed {
+        loop {
+            let ids: Vec<String> = chosen.iter().map(|t| t.id.clone()).collect();
+            let before = chosen.len();
+            chosen.retain(|t| match blocked_by(t, &ids) {
+                Some((d, s)) => {
+                    log::warn!("task {:?} is not retried: it depends on task {d:?}, which stays {}", t.id, s.name());
+                    false
+                }
+                None => true,
+            });
+            if chosen.len() == before {
+                break;
             }
+        }
+    }
+    let retried: Vec<String> = chosen.iter().map(|t| t.id.clone()).collect();
+    for t in &chosen {
+        if let Some((d, s)) = blocked_by(t, &retried) {
+            return Err(Error::Failed(format!(
+                "task {:?} depends on task {d:?}, which is {}: retry {d:?} with it (`taskd retry {d} {}`); nothing was changed",
+                t.id,
+                s.name(),
+                t.id
+            )));
         }
     }
     let mut out = Vec::with_capacity(chosen.len());
