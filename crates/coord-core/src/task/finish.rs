@@ -85,17 +85,7 @@ pub(crate) fn fail_as(
     unassign: Unassign,
     timeout: Duration,
 ) -> Result<Task> {
-    id::validate("task", id)?;
-    let guard = task_lock(dir, id, timeout)?;
-    let (t, path) = held(dir, id, holder)?;
-    let err = TaskError {
-        attempt: t.attempts,
-        agent: t.assigned_to.clone(),
-        at: time::now_rfc3339(),
-        error: error.to_string(),
-        killed: false,
-    };
-    requeue_held(dir, guard, t, &path, Spend::Yes, Some(err), unassign, timeout)
+    end_attempt(dir, id, holder, error, false, Spend::Yes, unassign, timeout)
 }
 
 /// Records an attempt stopped by `taskd kill`: with `retry` like a failure (back to
@@ -109,6 +99,23 @@ pub(crate) fn kill_as(
     unassign: Unassign,
     timeout: Duration,
 ) -> Result<Task> {
+    let spend = if retry { Spend::Yes } else { Spend::Last };
+    end_attempt(dir, id, holder, error, true, spend, unassign, timeout)
+}
+
+/// Ends the held attempt with an error entry (`killed` when stopped by `taskd kill`)
+/// and requeues or fails the task as `spend` says.
+#[allow(clippy::too_many_arguments)]
+fn end_attempt(
+    dir: &SessionDir,
+    id: &str,
+    holder: &Holder,
+    error: &str,
+    killed: bool,
+    spend: Spend,
+    unassign: Unassign,
+    timeout: Duration,
+) -> Result<Task> {
     id::validate("task", id)?;
     let guard = task_lock(dir, id, timeout)?;
     let (t, path) = held(dir, id, holder)?;
@@ -117,9 +124,8 @@ pub(crate) fn kill_as(
         agent: t.assigned_to.clone(),
         at: time::now_rfc3339(),
         error: error.to_string(),
-        killed: true,
+        killed,
     };
-    let spend = if retry { Spend::Yes } else { Spend::Last };
     requeue_held(dir, guard, t, &path, spend, Some(err), unassign, timeout)
 }
 
