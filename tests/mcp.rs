@@ -673,6 +673,35 @@ fn substitute(v: &mut Value, same: &HashMap<String, String>) {
 }
 
 #[test]
+fn mcp_never_hangs_on_a_sigterm_at_any_moment_of_its_start() {
+    // Before the handlers are in place SIGTERM's default action ends the process; after,
+    // the server must notice it wherever it is in its start (registering, waiting for
+    // `initialize`). Either way it must be gone promptly: it must never swallow one.
+    let env = TestEnv::with_session();
+    for round in 0..24u64 {
+        let agent = format!("early{round}");
+        let mut mcp = Mcp::spawn(&env, &agent, &["--register"]);
+        std::thread::sleep(Duration::from_micros(round * 750));
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(mcp.child.id() as i32, libc::SIGTERM);
+        }
+        let mut status = None;
+        let ended = crate::util::wait_until(Duration::from_secs(10), || {
+            status = mcp.child.try_wait().expect("wait");
+            status.is_some()
+        });
+        if !ended {
+            let _ = mcp.child.kill();
+        }
+        assert!(ended, "coord-mcp swallowed a SIGTERM sent {} µs after it started", round * 750);
+        let status = status.expect("ended");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(status.code() == Some(0) || status.signal() == Some(libc::SIGTERM), "round {round}: exit {status:?}");
+    }
+}
+
+#[test]
 fn mcp_stops_on_sigterm_before_its_client_initializes() {
     let env = TestEnv::with_session();
     let mut mcp = Mcp::spawn(&env, "m1", &["--register"]);

@@ -148,6 +148,12 @@ fn follow_streams_a_running_attempt_until_it_ends() {
         let mut lines = BufReader::new(follow.stdout.take().expect("stdout"));
         let mut first = String::new();
         lines.read_line(&mut first).expect("read");
+        if first.is_empty() {
+            let st = follow.wait().expect("wait");
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut follow.stderr.take().expect("stderr"), &mut err).expect("read");
+            panic!("poll {poll:?}: follow ended ({st:?}) before any output: {err}");
+        }
         assert_eq!(first, "one\n", "poll {poll:?}");
         // Streamed while it runs: the task is still claimed, waiting for the gate.
         assert_eq!(show(&env, "slow")["status"], "claimed");

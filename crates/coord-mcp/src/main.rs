@@ -111,17 +111,22 @@ fn serve(args: Args) -> coord_core::Result<u8> {
         .map_err(|e| failed("cannot start the runtime", &e))?;
     let coord = server::Coord::new(cfg, stop);
     let served: coord_core::Result<()> = runtime.block_on(async {
-        if args.register {
-            coord.register_now().await;
-        }
-        tokio::spawn(coord.clone().heartbeat_loop(every));
-        // Watched from the start: the handlers installed above replace the signals'
-        // default action, so a server still waiting for its client's `initialize` must
-        // stop on them too.
+        // Watched before anything else: the handlers installed above replace the
+        // signals' default action, so a server still registering or waiting for its
+        // client's `initialize` must stop on them too. A signal that came between those
+        // handlers and these watchers is still in the handlers' pipe.
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| failed("cannot watch SIGTERM", &e))?;
         let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
             .map_err(|e| failed("cannot watch SIGINT", &e))?;
+        if coord.stopping() {
+            log::info!("signalled while starting: shutting down");
+            return Ok(());
+        }
+        if args.register {
+            coord.register_now().await;
+        }
+        tokio::spawn(coord.clone().heartbeat_loop(every));
         let signalled = async {
             tokio::select! {
                 _ = term.recv() => "SIGTERM",

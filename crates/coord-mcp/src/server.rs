@@ -873,6 +873,11 @@ fn register_agent(inner: &Inner, dir: &SessionDir, replace: bool) -> coord_core:
 }
 
 impl Coord {
+    /// Whether SIGTERM or SIGINT has arrived (the pipe keeps it; nothing is consumed).
+    pub fn stopping(&self) -> bool {
+        self.inner.stop.received()
+    }
+
     /// Registers at start (`--register`); a failure is logged and left for the client's
     /// own `register` call to report.
     pub async fn register_now(&self) {

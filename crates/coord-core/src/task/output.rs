@@ -172,9 +172,11 @@ pub fn output_json(dir: &SessionDir, t: &Task, attempt: u32) -> Result<AttemptOu
     Ok(AttemptOutput { id: t.id.clone(), attempt, status: t.status.clone(), stdout: text(out), stderr: text(err) })
 }
 
-/// Whether attempt `attempt` of `t` is the one running now.
+/// Whether attempt `attempt` of `t` is the one running now. A claim renames the record
+/// into `claimed/` and then rewrites it with the new attempt and its token: a record
+/// seen in between (no token yet) is a claim still being made, not an attempt running.
 fn running(t: &Task, attempt: u32) -> bool {
-    t.state() == Some(Status::Claimed) && t.attempts == attempt
+    t.state() == Some(Status::Claimed) && t.claim_token.is_some() && t.attempts == attempt
 }
 
 /// Streams a task's output while it runs, to `out` and `err`, until the attempt ends
