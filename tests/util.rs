@@ -155,6 +155,40 @@ impl TestEnv {
     }
 }
 
+impl Drop for TestEnv {
+    /// Kills whatever this test started and left running (a test that failed half-way
+    /// leaves its workers waiting): every process whose environment names this base.
+    fn drop(&mut self) {
+        // Only the env whose root holds the base: a copy made to share another's base
+        // (a worker thread's) leaves the others' processes alone.
+        if !self.base.starts_with(self.root.path()) {
+            return;
+        }
+        let mark = {
+            let mut m = b"COORD_BASE=".to_vec();
+            m.extend_from_slice(self.base.as_os_str().as_encoded_bytes());
+            m.push(0);
+            m
+        };
+        let me = std::process::id();
+        let Ok(procs) = std::fs::read_dir("/proc") else { return };
+        for p in procs.flatten() {
+            let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if pid == me {
+                continue;
+            }
+            let Ok(env) = std::fs::read(p.path().join("environ")) else { continue };
+            let named = env.split_inclusive(|b| *b == 0).any(|kv| kv == mark.as_slice());
+            if named {
+                // SAFETY: a plain kill(2) of a process this test started.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
 impl Default for TestEnv {
     fn default() -> Self {
         Self::new()

@@ -7,6 +7,7 @@
 //! in pidfs (Linux 6.9 and later) the inode of the process's pidfd, never reused within a
 //! boot, tells those apart too.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use crate::env;
@@ -116,8 +117,21 @@ pub fn parent_pid() -> u32 {
 /// reaped, which a parent that was killed too, or that never waits, may take long to do.
 /// (A zombie thread-group leader whose other threads still run is a running process.)
 pub fn process_start(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (state, start) = parse_stat(&stat)?;
+    let path = format!("/proc/{pid}/stat");
+    // One read(2) returns the whole line (a few hundred bytes); a line cut short by an
+    // odd reader or kernel is read again the long way.
+    let mut buf = [0u8; 1024];
+    let n = std::io::Read::read(&mut std::fs::File::open(&path).ok()?, &mut buf).ok()?;
+    let parsed = std::str::from_utf8(&buf[..n]).ok().filter(|s| s.ends_with('\n')).and_then(parse_stat);
+    let (state, start) = match parsed {
+        Some((state, start)) => (state.to_string(), start),
+        None => {
+            let stat = std::fs::read_to_string(&path).ok()?;
+            let (state, start) = parse_stat(&stat)?;
+            (state.to_string(), start)
+        }
+    };
+    let state = state.as_str();
     if matches!(state, "Z" | "X") && !has_other_threads(pid) {
         return None;
     }
@@ -142,22 +156,62 @@ fn parse_stat(stat: &str) -> Option<(&str, u64)> {
 /// one number per process, never reused within a boot. `None` if no such process is
 /// visible or the kernel's pidfds are not in pidfs (their inodes would all be one).
 pub fn process_inode(pid: u32) -> Option<u64> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::fs::MetadataExt;
-    const PID_FS_MAGIC: u64 = 0x5049_4446;
+    pidfd_inode(pidfd_open(pid)?.as_fd())
+}
+
+/// A pidfd for `pid` (Linux 5.3 and later): a handle on that one process, which a later
+/// process given the same pid is not, and which becomes readable when it exits (see
+/// [`exited`]). `None` if no such process is visible or the kernel has no pidfds.
+pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     let pid = libc::pid_t::try_from(pid).ok()?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let raw = i32::try_from(raw).ok().filter(|&fd| fd >= 0)?;
     // SAFETY: `raw` is a descriptor we just opened and own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Some(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// The pidfs inode of the process a pidfd refers to; `None` where pidfds are not in
+/// pidfs (Linux before 6.9, where their inodes would all be one).
+pub fn pidfd_inode(fd: BorrowedFd<'_>) -> Option<u64> {
+    const PID_FS_MAGIC: u64 = 0x5049_4446;
     // SAFETY: an all-zero statfs is a valid value for fstatfs to overwrite.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open and `fs` is a valid, writable statfs.
     if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 || u64::try_from(fs.f_type).ok() != Some(PID_FS_MAGIC) {
         return None;
     }
-    std::fs::File::from(fd).metadata().ok().map(|m| m.ino())
+    // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is a valid, writable stat.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.st_ino)
+}
+
+/// Which of the processes behind `pidfds` have exited (their pidfd is readable), in one
+/// poll(2) that does not wait.
+pub fn exited(pidfds: &[BorrowedFd<'_>]) -> std::io::Result<Vec<bool>> {
+    let mut polled: Vec<libc::pollfd> =
+        pidfds.iter().map(|fd| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    let n = libc::nfds_t::try_from(polled.len()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `polled` is a valid array of `n` pollfds that outlives the call.
+    if unsafe { libc::poll(polled.as_mut_ptr(), n, 0) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(polled.iter().map(|p| p.revents != 0).collect())
+}
+
+/// The soft limit on open descriptors (`RLIMIT_NOFILE`), or 1024 if it cannot be read.
+pub fn open_files_limit() -> u64 {
+    // SAFETY: an all-zero rlimit is a valid value for getrlimit to overwrite.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
 }
 
 /// The kernel's boot id: start times are only comparable within one boot.

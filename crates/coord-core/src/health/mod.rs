@@ -28,7 +28,7 @@ mod monitor;
 mod view;
 
 pub use monitor::{Monitor, MonitorConfig, Sample, TickReport};
-pub use view::{AgentView, agent_views};
+pub use view::{AgentView, Processes, agent_views};
 
 /// What a check concluded about one agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +79,45 @@ pub fn judge(
     here: &Observer,
     stale_after: Duration,
 ) -> Liveness {
+    judge_with(agent, last_beat, now, here, stale_after, &mut |a, pid| not_the_agent(a, pid, None))
+}
+
+/// Why the process now at `pid` is not `agent`'s (`None`: it is): gone, started at
+/// another time, or (where pidfs gives one) another process's inode. `pidfd`, when
+/// given, is a pidfd opened on `pid` just before: its inode is the one compared.
+pub(crate) fn not_the_agent(agent: &Agent, pid: u32, pidfd: Option<std::os::fd::BorrowedFd<'_>>) -> Option<String> {
+    match (sys::process_start(pid), agent.process_start) {
+        (None, _) => return Some(format!("process {pid} is gone")),
+        (Some(now_start), Some(recorded)) if now_start != recorded => {
+            return Some(format!(
+                "pid {pid} now belongs to another process (started at tick {now_start}, the agent's at {recorded})"
+            ));
+        }
+        _ => {}
+    }
+    let recorded = agent.process_inode?;
+    let now = match pidfd {
+        Some(fd) => sys::pidfd_inode(fd),
+        None => sys::process_inode(pid),
+    }?;
+    (now != recorded).then(|| {
+        format!(
+            "pid {pid} now belongs to another process (started in the agent's clock tick, but pidfs inode {now}, the agent's {recorded})"
+        )
+    })
+}
+
+/// [`judge`], with the check that the process at the agent's pid is the agent's own
+/// left to `identity` (which returns why not): a caller that holds a pidfd on a process
+/// it has already checked need not read `/proc` again.
+pub(crate) fn judge_with(
+    agent: &Agent,
+    last_beat: Option<SystemTime>,
+    now: SystemTime,
+    here: &Observer,
+    stale_after: Duration,
+    identity: &mut dyn FnMut(&Agent, u32) -> Option<String>,
+) -> Liveness {
     let beats = registry::has_heartbeat(agent, last_beat);
     let age = last_beat.map(|t| now.duration_since(t).unwrap_or_default());
     let stale = |age: Duration| age > stale_after;
@@ -111,22 +150,8 @@ pub fn judge(
     {
         return Liveness::Dead(format!("host {} rebooted since the agent registered", agent.host));
     }
-    match (sys::process_start(pid), agent.process_start) {
-        (None, _) => return Liveness::Dead(format!("process {pid} is gone")),
-        (Some(now_start), Some(recorded)) if now_start != recorded => {
-            return Liveness::Dead(format!(
-                "pid {pid} now belongs to another process (started at tick {now_start}, the agent's at {recorded})"
-            ));
-        }
-        _ => {}
-    }
-    if let Some(recorded) = agent.process_inode
-        && let Some(now) = sys::process_inode(pid)
-        && now != recorded
-    {
-        return Liveness::Dead(format!(
-            "pid {pid} now belongs to another process (started in the agent's clock tick, but pidfs inode {now}, the agent's {recorded})"
-        ));
+    if let Some(why) = identity(agent, pid) {
+        return Liveness::Dead(why);
     }
     match age {
         Some(a) if beats && stale(a) => Liveness::Hung(format!(
@@ -191,7 +216,20 @@ pub fn append_line<T: Serialize>(path: &std::path::Path, value: &T) -> Result<()
 /// an error.
 pub fn load_agents_lenient(dir: &SessionDir) -> Result<(Vec<Agent>, Vec<String>)> {
     let path = dir.agents_json();
-    let raw: Vec<Value> = fsio::read_json_opt(&path)?.unwrap_or_default();
+    match std::fs::read(&path) {
+        Ok(bytes) => parse_agents_lenient(&path, &bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Vec::new(), Vec::new())),
+        Err(e) => Err(crate::error::Error::io("read", &path, e)),
+    }
+}
+
+/// [`load_agents_lenient`] of the bytes read from `path`.
+pub(crate) fn parse_agents_lenient(path: &std::path::Path, bytes: &[u8]) -> Result<(Vec<Agent>, Vec<String>)> {
+    // All well-formed, as almost always: one pass.
+    if let Ok(agents) = serde_json::from_slice::<Vec<Agent>>(bytes) {
+        return Ok((agents, Vec::new()));
+    }
+    let raw: Vec<Value> = fsio::parse_json(path, bytes)?;
     let mut agents = Vec::with_capacity(raw.len());
     let mut problems = Vec::new();
     for (i, v) in raw.into_iter().enumerate() {

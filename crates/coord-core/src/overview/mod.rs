@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use crate::error::Result;
 use crate::health;
 use crate::layout::SessionDir;
-use crate::mailbox;
 use crate::session;
 use crate::state;
 use crate::task;
@@ -26,57 +25,23 @@ pub const STALE_AFTER: Duration = Duration::from_secs(30);
 /// `agents`, `mailboxes`, `tasks` and `problems`. Only a missing or unreadable session
 /// record is an error.
 pub fn overview(dir: &SessionDir) -> Result<Value> {
-    Overview::new().gather(dir)
+    Overview { once: true, ..Overview::default() }.gather(dir)
 }
 
+mod mailboxes;
+
 /// Gathers the overview again and again (a live view): the task counts come from a
-/// [`task::Census`] that lists only the directories that changed since the last time.
+/// [`task::Census`] that lists only the directories that changed since the last time,
+/// the mailbox counts from mailboxes counted again only when they changed, and the
+/// agents' processes are checked again only when they have exited (see
+/// [`health::Processes`]).
 #[derive(Debug, Default)]
 pub struct Overview {
     census: task::Census,
-    /// Each agent's mailbox counts, with the mtimes of its directories when counted.
-    mailboxes: std::collections::HashMap<String, (MailboxStamps, mailbox::Counts)>,
-}
-
-/// The mtimes of a mailbox's `tmp`, `new`, `cur`, `done`, `dead` and `bad` directories.
-type MailboxStamps = [Option<std::time::SystemTime>; 6];
-
-/// A directory changed less than this long ago is listed again even if its mtime is the
-/// one seen last time (two changes within one timestamp tick look like one).
-const FRESH: Duration = Duration::from_secs(2);
-
-impl Overview {
-    /// An agent's mailbox counts: counted again unless none of its directories changed
-    /// since the last count and its queue was empty then (`new/` holds shard
-    /// directories, whose own changes its mtime does not show; an empty `new/` gains one
-    /// with the first message, which does).
-    fn mailbox_counts(&mut self, dir: &SessionDir, agent: &str) -> Result<mailbox::Counts> {
-        let paths = [
-            dir.mailbox_tmp(agent),
-            dir.mailbox_new(agent),
-            dir.mailbox_cur(agent),
-            dir.mailbox_done(agent),
-            dir.mailbox_dead(agent),
-            dir.mailbox_bad(agent),
-        ];
-        let now = std::time::SystemTime::now();
-        let mut stamps: MailboxStamps = [None; 6];
-        let mut settled = true;
-        for (i, p) in paths.iter().enumerate() {
-            stamps[i] = std::fs::metadata(p).ok().and_then(|m| m.modified().ok());
-            settled &= stamps[i].is_none_or(|t| now.duration_since(t).is_ok_and(|age| age >= FRESH));
-        }
-        if settled
-            && let Some((seen, counts)) = self.mailboxes.get(agent)
-            && *seen == stamps
-            && counts.queued == 0
-        {
-            return Ok(counts.clone());
-        }
-        let counts = mailbox::count(dir, agent)?;
-        self.mailboxes.insert(agent.to_string(), (stamps, counts.clone()));
-        Ok(counts)
-    }
+    mailboxes: mailboxes::Mailboxes,
+    processes: health::Processes,
+    /// Gathered once: nothing is set up to be remembered (no watches, no pidfds).
+    once: bool,
 }
 
 impl Overview {
@@ -89,17 +54,31 @@ impl Overview {
     pub fn gather(&mut self, dir: &SessionDir) -> Result<Value> {
         let s = session::read(dir)?;
         let global = state::get(dir, "global").unwrap_or(Value::Null);
-        let (agents, mut problems) = health::agent_views(dir, STALE_AFTER)?;
+        // The task census runs beside the agents and their mailboxes: they share nothing.
+        let census = &mut self.census;
+        let (processes, boxes) = (&mut self.processes, &mut self.mailboxes);
+        let (tasks, agents) = std::thread::scope(|scope| {
+            let counting = scope.spawn(|| census.count(dir));
+            let once = self.once;
+            let agents = processes.agent_views(dir, STALE_AFTER, !once).map(|(agents, problems)| {
+                let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
+                let counted = boxes.counts(dir, &ids, !once);
+                drop(ids);
+                (agents, problems, counted)
+            });
+            (counting.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), agents)
+        });
+        let (agents, mut problems, counted) = agents?;
         let mut mailboxes = Vec::new();
-        for a in &agents {
-            match self.mailbox_counts(dir, &a.id) {
+        for (a, c) in agents.iter().zip(counted) {
+            match c {
                 Ok(c) => mailboxes.push(c),
                 Err(e) => problems.push(format!("mailbox of {}: {e}", a.id)),
             }
         }
         // Counted from the names in the status directories and the pending index; no
         // record is read (see task::Census).
-        let tasks = match self.census.count(dir) {
+        let tasks = match tasks {
             Ok(p) => serde_json::to_value(p).unwrap_or(Value::Null),
             Err(e) => {
                 problems.push(format!("tasks: {e}"));
@@ -122,6 +101,7 @@ impl Overview {
 mod tests {
     use super::*;
     use crate::layout::Base;
+    use crate::mailbox;
 
     #[test]
     fn a_remembered_mailbox_count_gives_way_to_a_change_after_its_directories_settled() {

@@ -1,0 +1,509 @@
+//! Every agent's mailbox counts, for an overview made again and again (the live view):
+//! a mailbox is counted again only when one of its directories changed.
+//!
+//! A change is seen by inotify where it can be: every directory listed for a mailbox's
+//! counts (the mailbox itself, `tmp`, `new` and each of its shard directories, `cur`,
+//! `done`, `dead`, `bad`) is watched before it is listed, so whatever changes after the
+//! listing raises an event. Where inotify cannot serve (`COORD_POLL_MS` is set, as on a
+//! network filesystem whose other hosts raise no events; no inotify; its watch limit
+//! reached), the mtime of each of those directories is compared with the one it had
+//! before it was listed, and a directory changed less than [`FRESH`] ago is listed
+//! again even so (two changes within one timestamp tick look like one).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+
+use crate::error::{Error, Result};
+use crate::layout::{self, SessionDir, queue_shard};
+use crate::{env, mailbox};
+
+/// A directory changed less than this long ago is listed again even if its mtime is the
+/// one seen last time.
+const FRESH: Duration = Duration::from_secs(2);
+
+/// Below this many mailboxes to count, they are counted on one thread.
+const PARALLEL_FROM: usize = 128;
+
+/// What changes a listing.
+fn mask() -> WatchMask {
+    WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+        | WatchMask::ONLYDIR
+}
+
+/// The mailboxes' counts, remembered between overviews.
+#[derive(Debug, Default)]
+pub(super) struct Mailboxes {
+    known: HashMap<String, Known>,
+    watch: Option<Watch>,
+    /// Whether inotify was tried (once).
+    tried: bool,
+    /// How many mailboxes the last call counted (the others were remembered).
+    counted: usize,
+}
+
+/// One mailbox's counts and how to tell they still hold.
+#[derive(Debug)]
+struct Known {
+    counts: mailbox::Counts,
+    /// How they are kept true.
+    kept: Kept,
+}
+
+#[derive(Debug)]
+enum Kept {
+    /// Every directory listed is watched; `dirty` once an event came for one.
+    Watched { dirty: bool },
+    /// Each directory listed, with its mtime from just before it was listed.
+    Stamped(Vec<(PathBuf, Option<SystemTime>)>),
+}
+
+#[derive(Debug)]
+struct Watch {
+    inotify: Inotify,
+    /// Whose mailbox each watch is in.
+    owners: HashMap<WatchDescriptor, String>,
+    /// A watch could not be added (the limit): mailboxes counted from now on go by mtimes.
+    full: bool,
+}
+
+/// One count: the counts, and what it found to keep them true.
+struct Counted {
+    counts: mailbox::Counts,
+    kept: Kept,
+    watches: Vec<WatchDescriptor>,
+}
+
+impl Mailboxes {
+    /// The counts of each of `agents`' mailboxes, in order (an error for one that cannot
+    /// be listed).
+    /// Without `remember`, they are only counted: nothing is watched or noted.
+    pub(super) fn counts(&mut self, dir: &SessionDir, agents: &[&str], remember: bool) -> Vec<Result<mailbox::Counts>> {
+        if !remember {
+            return agents.iter().map(|a| count(dir, a, How::Once).map(|c| c.counts)).collect();
+        }
+        if !self.tried {
+            self.tried = true;
+            self.watch = match env::forced_poll() {
+                Some(_) => None,
+                None => Inotify::init()
+                    .map_err(|e| log::debug!("no inotify ({e}): mailbox counts go by mtimes"))
+                    .ok()
+                    .map(|inotify| Watch { inotify, owners: HashMap::new(), full: false }),
+            };
+        }
+        self.take_events();
+        self.forget_others(agents);
+        let now = SystemTime::now();
+        let mut out: Vec<Option<Result<mailbox::Counts>>> = Vec::with_capacity(agents.len());
+        let mut todo = Vec::new();
+        for (i, agent) in agents.iter().enumerate() {
+            let holds = self.known.get(*agent).is_some_and(|k| match &k.kept {
+                Kept::Watched { dirty } => !dirty,
+                Kept::Stamped(dirs) => dirs.iter().all(|(p, seen)| {
+                    let stamp = mtime(p);
+                    stamp == *seen && stamp.is_none_or(|t| now.duration_since(t).is_ok_and(|age| age >= FRESH))
+                }),
+            });
+            match self.known.get(*agent) {
+                Some(k) if holds => out.push(Some(Ok(k.counts.clone()))),
+                _ => {
+                    out.push(None);
+                    todo.push(i);
+                }
+            }
+        }
+        let watches = self.watch.as_ref().filter(|w| !w.full).map(|w| w.inotify.watches());
+        let one = |i: &usize| {
+            let agent = agents[*i];
+            let how = match &watches {
+                Some(w) => How::Watch(w.clone()),
+                None => How::Stamp,
+            };
+            count(dir, agent, how).map(|c| (*i, c))
+        };
+        self.counted = todo.len();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let counted: Vec<(usize, Result<(usize, Counted)>)> = if todo.len() < PARALLEL_FROM || threads < 2 {
+            todo.iter().map(|i| (*i, one(i))).collect()
+        } else {
+            let size = todo.len().div_ceil(threads);
+            std::thread::scope(|scope| {
+                let running: Vec<_> = todo
+                    .chunks(size)
+                    .map(|chunk| scope.spawn(move || chunk.iter().map(|i| (*i, one(i))).collect::<Vec<_>>()))
+                    .collect();
+                running.into_iter().flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+            })
+        };
+        for (i, r) in counted {
+            let agent = agents[i];
+            match r {
+                Ok((_, c)) => {
+                    if let Some(w) = self.watch.as_mut() {
+                        if matches!(c.kept, Kept::Stamped(_)) && watches.is_some() {
+                            w.full = true;
+                        }
+                        for wd in c.watches {
+                            w.owners.insert(wd, agent.to_string());
+                        }
+                    }
+                    out[i] = Some(Ok(c.counts.clone()));
+                    self.known.insert(agent.to_string(), Known { counts: c.counts, kept: c.kept });
+                }
+                Err(e) => {
+                    self.known.remove(agent);
+                    out[i] = Some(Err(e));
+                }
+            }
+        }
+        out.into_iter().map(|r| r.unwrap_or_else(|| Err(Error::Failed("mailbox not counted".to_string())))).collect()
+    }
+
+    /// Marks the mailboxes whose directories changed since the last time.
+    fn take_events(&mut self) {
+        let Some(w) = self.watch.as_mut() else { return };
+        let mut buf = [0u8; 16 * 1024];
+        let mut all = false;
+        let mut changed: Vec<String> = Vec::new();
+        loop {
+            match w.inotify.read_events(&mut buf) {
+                Ok(events) => {
+                    let mut any = false;
+                    for e in events {
+                        any = true;
+                        if e.mask.contains(EventMask::Q_OVERFLOW) {
+                            all = true;
+                            continue;
+                        }
+                        let owner = if e.mask.contains(EventMask::IGNORED) {
+                            w.owners.remove(&e.wd)
+                        } else {
+                            w.owners.get(&e.wd).cloned()
+                        };
+                        if let Some(agent) = owner {
+                            changed.push(agent);
+                        }
+                    }
+                    if !any {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    log::debug!("inotify read failed ({e}): counting every mailbox again");
+                    all = true;
+                    break;
+                }
+            }
+        }
+        for (agent, k) in self.known.iter_mut() {
+            if let Kept::Watched { dirty } = &mut k.kept
+                && (all || changed.iter().any(|c| c == agent))
+            {
+                *dirty = true;
+            }
+        }
+    }
+
+    /// Forgets the mailboxes of agents no longer listed, and their watches.
+    fn forget_others(&mut self, agents: &[&str]) {
+        if self.known.len() <= agents.len() && self.known.keys().all(|k| agents.contains(&k.as_str())) {
+            return;
+        }
+        let listed: std::collections::HashSet<&str> = agents.iter().copied().collect();
+        self.known.retain(|a, _| listed.contains(a.as_str()));
+        if let Some(w) = self.watch.as_mut() {
+            let mut watches = w.inotify.watches();
+            w.owners.retain(|wd, a| {
+                let keep = listed.contains(a.as_str());
+                if !keep {
+                    let _ = watches.remove(wd.clone());
+                }
+                keep
+            });
+        }
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// How a count is kept true.
+enum How {
+    /// Each directory is watched before it is listed.
+    Watch(Watches),
+    /// Each directory's mtime is noted before it is listed.
+    Stamp,
+    /// Not kept: counted once.
+    Once,
+}
+
+/// Counts one mailbox as `mailbox::count` does, keeping it true as `how` says; a watch
+/// that cannot be added makes it a count by mtimes.
+fn count(dir: &SessionDir, agent: &str, how: How) -> Result<Counted> {
+    // The id comes from a file: it must not lead out of `messages/`.
+    crate::id::validate("agent", agent)?;
+    match count_with(dir, agent, how)? {
+        Some(c) => Ok(c),
+        None => {
+            count_with(dir, agent, How::Stamp)?.ok_or_else(|| Error::Failed(format!("mailbox of {agent}: not counted")))
+        }
+    }
+}
+
+/// One pass of [`count`]: `Ok(None)` when a watch could not be added.
+fn count_with(dir: &SessionDir, agent: &str, how: How) -> Result<Option<Counted>> {
+    let by_watches = matches!(how, How::Watch(_));
+    let mut l = Lister { how, wds: Vec::new(), stamps: Vec::new(), failed: false };
+    // The mailbox itself is watched for its subdirectories coming and going; its
+    // listing is not needed. A missing mailbox has no parent watched: by mtimes.
+    if !l.mark(&dir.mailbox_dir(agent)) && by_watches {
+        l.failed = true;
+    }
+    let handovers =
+        l.list(&dir.mailbox_tmp(agent))?.iter().filter(|(n, _)| n.ends_with(layout::REQUEUE_SUFFIX)).count();
+    let queued = queued_in(&dir.mailbox_new(agent), 0, &mut l)?;
+    let in_flight = l.list(&dir.mailbox_cur(agent))?.len() + handovers;
+    let acked = l.list(&dir.mailbox_done(agent))?.len();
+    let dead = l.list(&dir.mailbox_dead(agent))?.len();
+    let bad = l.list(&dir.mailbox_bad(agent))?.len();
+    if l.failed {
+        return Ok(None);
+    }
+    let counts = mailbox::Counts { agent: agent.to_string(), queued, in_flight, acked, dead, bad };
+    let kept = if by_watches { Kept::Watched { dirty: false } } else { Kept::Stamped(l.stamps) };
+    Ok(Some(Counted { counts, kept, watches: l.wds }))
+}
+
+/// Lists a mailbox's directories, each watched (or its mtime noted) first, so a change
+/// after its listing is seen.
+struct Lister {
+    how: How,
+    wds: Vec<WatchDescriptor>,
+    stamps: Vec<(PathBuf, Option<SystemTime>)>,
+    /// A watch could not be added.
+    failed: bool,
+}
+
+impl Lister {
+    /// Watches or stamps `path`; false when it is missing. A missing subdirectory is
+    /// seen created by the watch on its parent.
+    fn mark(&mut self, path: &Path) -> bool {
+        match &mut self.how {
+            How::Watch(w) => match w.add(path, mask()) {
+                Ok(wd) => {
+                    self.wds.push(wd);
+                    true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => {
+                    log::debug!("cannot watch {}: {e}", path.display());
+                    self.failed = true;
+                    true
+                }
+            },
+            How::Stamp => {
+                let stamp = mtime(path);
+                self.stamps.push((path.to_path_buf(), stamp));
+                stamp.is_some()
+            }
+            // Listed as it is; a missing directory lists as empty.
+            How::Once => true,
+        }
+    }
+
+    /// (name, is a directory) of each entry of `path`, marked first; none if missing.
+    fn list(&mut self, path: &Path) -> Result<Vec<(String, bool)>> {
+        if self.mark(path) { entries(path) } else { Ok(Vec::new()) }
+    }
+}
+
+/// The messages under `path`, a shard of `new/` at `level` (as `mailbox::count`).
+fn queued_in(path: &Path, level: usize, l: &mut Lister) -> Result<usize> {
+    let mut n = 0;
+    for (name, is_dir) in l.list(path)? {
+        if level < queue_shard::DEPTH && is_dir {
+            n += queued_in(&path.join(name), level + 1, l)?;
+        } else if level == queue_shard::DEPTH && !is_dir {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// The UTF-8 names in `path` (none if it is missing) and whether each is a directory.
+/// Other names cannot be coord's and are not counted (`mailbox::count` sets them aside).
+fn entries(path: &Path) -> Result<Vec<(String, bool)>> {
+    let rd = match std::fs::read_dir(path) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("list", path, e)),
+    };
+    let mut out = Vec::new();
+    for entry in rd {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("list", path, e)),
+        };
+        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+        if let Ok(name) = entry.file_name().into_string() {
+            out.push((name, is_dir));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Base;
+    use serde_json::Value;
+
+    fn session(agents: &[&str]) -> (tempfile::TempDir, SessionDir) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = crate::session::init(&Base::new(tmp.path().join("base")), "unit").expect("init");
+        for a in agents {
+            let req = crate::registry::Registration {
+                id: (*a).into(),
+                agent_type: "worker".into(),
+                capabilities: Vec::new(),
+                pid: std::process::id(),
+                replace: false,
+            };
+            crate::registry::register(&dir, &req, Duration::from_secs(5)).expect("register");
+        }
+        (tmp, dir)
+    }
+
+    fn send(dir: &SessionDir, to: &str, priority: i64) -> mailbox::Message {
+        let msg = mailbox::Outgoing {
+            from: "me".into(),
+            to: to.into(),
+            msg_type: "hello".into(),
+            payload: Value::Null,
+            priority,
+            requires_ack: false,
+        };
+        mailbox::send(dir, msg).expect("send")
+    }
+
+    /// Sets the mtime of every directory under `messages/` to `secs_ago` seconds ago
+    /// (the same for all), as if nothing had changed since then.
+    fn age(dir: &SessionDir, secs_ago: u64) {
+        fn walk(p: &Path, t: SystemTime) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        walk(&e.path(), t);
+                    }
+                }
+            }
+            if let Ok(f) = std::fs::File::open(p) {
+                f.set_modified(t).expect("set mtime");
+            }
+        }
+        walk(&dir.messages_dir(), SystemTime::now() - Duration::from_secs(secs_ago));
+    }
+
+    /// The remembered counts equal fresh ones; returns how many mailboxes were counted.
+    fn check(m: &mut Mailboxes, dir: &SessionDir, agents: &[&str], step: &str) -> usize {
+        let got: Vec<mailbox::Counts> = m.counts(dir, agents, true).into_iter().map(|r| r.expect("counted")).collect();
+        let fresh: Vec<mailbox::Counts> = agents.iter().map(|a| mailbox::count(dir, a).expect("count")).collect();
+        assert_eq!(got, fresh, "{step}");
+        m.counted
+    }
+
+    /// Every kind of change, each seen (the counts equal fresh ones at every step).
+    /// `counted` checks how many mailboxes each step counted against the number it
+    /// touched.
+    fn follow_changes(
+        m: &mut Mailboxes,
+        dir: &SessionDir,
+        settle: &mut dyn FnMut(&SessionDir),
+        counted: &dyn Fn(usize, usize, &str),
+    ) {
+        let agents = ["a1", "a2"];
+        let mut step = |m: &mut Mailboxes, touched: usize, what: &str, list: &[&str]| {
+            settle(dir);
+            counted(check(m, dir, list, what), touched, what);
+        };
+        step(m, 2, "first", &agents);
+        step(m, 0, "unchanged", &agents);
+        send(dir, "a1", 0);
+        step(m, 1, "a first message", &agents);
+        send(dir, "a1", 0);
+        step(m, 1, "a second message, in an existing shard", &agents);
+        send(dir, "a1", 7);
+        step(m, 1, "another priority", &agents);
+        let got = mailbox::claim(dir, "a1", 1).expect("claim");
+        step(m, 1, "claimed", &agents);
+        mailbox::ack(dir, "a1", &got[0].id).expect("ack");
+        step(m, 1, "acknowledged", &agents);
+        std::fs::create_dir_all(dir.mailbox_bad("a2")).expect("bad/");
+        step(m, 1, "bad/ created", &agents);
+        std::fs::write(dir.mailbox_bad("a2").join("x.json"), b"{").expect("bad file");
+        step(m, 1, "a bad file", &agents);
+        step(m, 0, "a1 no longer listed", &["a2"]);
+        step(m, 1, "a1 listed again", &agents);
+    }
+
+    #[test]
+    fn watched_counts_follow_every_change() {
+        let (_b, dir) = session(&["a1", "a2"]);
+        let mut m = Mailboxes::default();
+        let exact = |got: usize, touched: usize, what: &str| assert_eq!(got, touched, "{what}");
+        follow_changes(&mut m, &dir, &mut |_| {}, &exact);
+        assert!(m.watch.as_ref().is_some_and(|w| !w.full && !w.owners.is_empty()), "inotify served");
+    }
+
+    #[test]
+    fn counts_by_mtimes_follow_every_change_once_settled() {
+        let (_b, dir) = session(&["a1", "a2"]);
+        // As with COORD_POLL_MS: no inotify.
+        let mut m = Mailboxes { tried: true, ..Mailboxes::default() };
+        // Each step ages every directory to its own time, older than FRESH.
+        let mut ago = 600;
+        // Aging moves every mtime, so each step counts every mailbox again; what
+        // matters is that the counts are right.
+        follow_changes(
+            &mut m,
+            &dir,
+            &mut |d| {
+                ago -= 10;
+                age(d, ago);
+            },
+            &|_, _, _| {},
+        );
+        // Nothing changed since the last aging: nothing is counted.
+        assert_eq!(check(&mut m, &dir, &["a1", "a2"], "settled"), 0);
+        send(&dir, "a2", 0);
+        age(&dir, 100);
+        assert_eq!(check(&mut m, &dir, &["a1", "a2"], "after a send"), 2);
+        assert_eq!(check(&mut m, &dir, &["a1", "a2"], "settled again"), 0);
+        // A directory changed within FRESH is listed again even with its mtime unchanged.
+        age(&dir, 0);
+        assert_eq!(check(&mut m, &dir, &["a1", "a2"], "fresh"), 2);
+        assert_eq!(check(&mut m, &dir, &["a1", "a2"], "still fresh"), 2);
+    }
+
+    #[test]
+    fn a_count_once_sets_nothing_up() {
+        let (_b, dir) = session(&["a1"]);
+        send(&dir, "a1", 0);
+        let mut m = Mailboxes::default();
+        let got = m.counts(&dir, &["a1"], false);
+        assert_eq!(got[0].as_ref().expect("counted").queued, 1);
+        assert!(m.known.is_empty() && m.watch.is_none());
+        assert!(m.counts(&dir, &["../x"], false)[0].is_err(), "an id that leads out is refused");
+    }
+}
