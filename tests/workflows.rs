@@ -339,6 +339,8 @@ fn pause_holds_claims_until_resume_and_leaves_running_work_alone() {
     assert_eq!(env.cmd("taskd").args(["claim", "gpu1"]).ok().json()["id"], "any");
     env.cmd("taskd").args(["claim", "gpu1"]).code(3);
     assert_eq!(env.json("tasks/paused.json")["types"]["gpu"]["reason"], "driver update");
+    // The overview says so, as `taskd pause` printed it.
+    assert_eq!(env.cmd("healthmon").args(["status", "--json"]).ok().json()["paused"], p);
 
     let p = env.cmd("taskd").arg("pause").ok().json();
     assert!(p["all"]["at"].is_string());

@@ -13,6 +13,17 @@ pub struct Size {
     pub height: usize,
 }
 
+/// The line saying what `taskd pause` holds back, if anything.
+fn paused_line(p: &Value) -> Option<String> {
+    let why = |e: &Value| e["reason"].as_str().map(|r| format!(" ({r})")).unwrap_or_default();
+    if p["all"].is_object() {
+        return Some(format!("PAUSED  the whole queue since {}{}", text(&p["all"]["at"]), why(&p["all"])));
+    }
+    let types = p["types"].as_object().filter(|t| !t.is_empty())?;
+    let list: Vec<String> = types.iter().map(|(t, e)| format!("{t}{}", why(e))).collect();
+    Some(format!("PAUSED  tasks for agent types: {}", list.join(", ")))
+}
+
 /// The text of one frame: the session, phase and task progress at the top, then the
 /// agents (dead and failed first, then by id; as many as fit, with a line saying how
 /// many more there are), the non-empty mailboxes (deepest first), the recent events and
@@ -50,6 +61,9 @@ pub fn frame(o: &Value, events: &[Value], at: &str, size: Size) -> Vec<String> {
         ));
     } else {
         top.push("tasks   (not counted: see the problems)".to_string());
+    }
+    if let Some(line) = paused_line(&o["paused"]) {
+        top.push(line);
     }
 
     let footer = "q, Esc or Ctrl-C quits".to_string();
@@ -323,6 +337,20 @@ mod tests {
         assert!(lines[header + 1].starts_with("a0900"), "{}", lines[header + 1]);
         assert!(lines.iter().any(|l| l.contains("more mailboxes not shown")));
         assert!(lines.len() <= 30);
+    }
+
+    #[test]
+    fn a_pause_is_shown_under_the_task_counts() {
+        let mut o = snapshot(3, &[], 1, 2);
+        let size = Size { width: 100, height: 30 };
+        let has = |o: &Value, what: &str| frame(o, &[], "now", size).iter().any(|l| l.contains(what));
+        assert!(!has(&o, "PAUSED"), "nothing paused, nothing said");
+        o["paused"] = json!({"all": null, "types": {}});
+        assert!(!has(&o, "PAUSED"));
+        o["paused"] = json!({"all": null, "types": {"gpu": {"at": "t", "reason": "driver update"}, "io": {"at": "t"}}});
+        assert!(has(&o, "PAUSED  tasks for agent types: gpu (driver update), io"));
+        o["paused"] = json!({"all": {"at": "2026-01-01T00:00:00.000Z"}, "types": {}});
+        assert!(has(&o, "PAUSED  the whole queue since 2026-01-01T00:00:00.000Z"));
     }
 
     #[test]

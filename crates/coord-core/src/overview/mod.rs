@@ -1,7 +1,8 @@
 //! The session overview that `healthmon status` prints and `coord-mcp`'s
 //! `session_status` returns: the session record, the seed's `phase` and
 //! `operation_progress` from `state/global.json`, every agent with its liveness, each
-//! agent's mailbox counts, the task counts, and the problems met while reading them.
+//! agent's mailbox counts, the task counts, what `taskd pause` holds back (`paused`), and
+//! the problems met while reading them.
 //!
 //! It only reads (`session.json`, `state/global.json`, `registry/`, `messages/<agent>/`,
 //! `tasks/`), takes no lock, and reports a file it cannot read as a problem rather than
@@ -42,6 +43,8 @@ pub struct Overview {
     processes: health::Processes,
     /// Gathered once: nothing is set up to be remembered (no watches, no pidfds).
     once: bool,
+    /// How many times it has gathered.
+    gathered: u64,
 }
 
 impl Overview {
@@ -51,7 +54,13 @@ impl Overview {
     }
 
     /// The overview now, the same object [`overview`] gives.
+    ///
+    /// The first overview is gathered as [`overview`] gathers it, without setting up
+    /// what makes the later ones cheap (watches, pidfds), so it comes as soon as a
+    /// one-off one would; the second sets them up.
     pub fn gather(&mut self, dir: &SessionDir) -> Result<Value> {
+        self.gathered += 1;
+        let remember = !self.once && self.gathered > 1;
         let s = session::read(dir)?;
         let global = state::get(dir, "global").unwrap_or(Value::Null);
         // The task census runs beside the agents and their mailboxes: they share nothing.
@@ -59,10 +68,9 @@ impl Overview {
         let (processes, boxes) = (&mut self.processes, &mut self.mailboxes);
         let (tasks, agents) = std::thread::scope(|scope| {
             let counting = scope.spawn(|| census.count(dir));
-            let once = self.once;
-            let agents = processes.agent_views(dir, STALE_AFTER, !once).map(|(agents, problems)| {
+            let agents = processes.agent_views(dir, STALE_AFTER, remember).map(|(agents, problems)| {
                 let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
-                let counted = boxes.counts(dir, &ids, !once);
+                let counted = boxes.counts(dir, &ids, remember);
                 drop(ids);
                 (agents, problems, counted)
             });
@@ -85,6 +93,13 @@ impl Overview {
                 Value::Null
             }
         };
+        let paused = match task::paused(dir) {
+            Ok(p) => serde_json::to_value(p).unwrap_or(Value::Null),
+            Err(e) => {
+                problems.push(format!("pause state: {e}"));
+                Value::Null
+            }
+        };
         Ok(json!({
             "session": {"id": s.id, "operation": s.operation, "status": s.status, "started_at": s.started_at},
             "phase": global.get("phase").cloned().unwrap_or(Value::Null),
@@ -92,6 +107,7 @@ impl Overview {
             "agents": agents,
             "mailboxes": mailboxes,
             "tasks": tasks,
+            "paused": paused,
             "problems": problems,
         }))
     }
