@@ -45,6 +45,8 @@ pub struct Monitor {
     once: Once,
     last_sample: Option<std::time::Instant>,
     cache: Option<(FileStamp, Vec<Agent>, Vec<String>)>,
+    /// The agents' processes found to be theirs, held by pidfds between ticks.
+    processes: super::Processes,
 }
 
 /// Identity of one version of a file: inode, mtime (s, ns) and size.
@@ -70,7 +72,16 @@ pub struct Sample {
 impl Monitor {
     /// A monitor for `dir`.
     pub fn new(dir: SessionDir, cfg: MonitorConfig) -> Self {
-        Monitor { dir, cfg, here: Observer::here(), sys: None, once: Once::default(), last_sample: None, cache: None }
+        Monitor {
+            dir,
+            cfg,
+            here: Observer::here(),
+            sys: None,
+            once: Once::default(),
+            last_sample: None,
+            cache: None,
+            processes: super::Processes::new(),
+        }
     }
 
     /// The session watched.
@@ -104,10 +115,13 @@ impl Monitor {
         }
         let now = SystemTime::now();
         let mut live_local = Vec::new();
+        // A process held since an earlier tick is checked again only once it has exited.
+        self.processes.forget_exited();
+        self.processes.keep_only(&agents.iter().filter(|a| is_live_status(&a.status)).map(|a| a.id.as_str()).collect());
         for agent in agents.iter().filter(|a| is_live_status(&a.status)) {
             report.checked += 1;
             let last = registry::last_heartbeat(&self.dir, &agent.id);
-            match judge(agent, last, now, &self.here, self.cfg.stale_after) {
+            match self.processes.judge(agent, last, now, &self.here, self.cfg.stale_after) {
                 Liveness::Alive => {
                     if agent.host == self.here.host
                         && let Some(pid) = agent.pid

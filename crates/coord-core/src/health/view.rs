@@ -135,8 +135,42 @@ impl Processes {
         Ok((agents, problems))
     }
 
+    /// [`judge`] for a caller that judges agents one at a time (the monitor's tick),
+    /// after [`Processes::forget_exited`]: a process held is not checked again, and one
+    /// found to be its agent's is held from now on.
+    pub fn judge(
+        &mut self,
+        agent: &Agent,
+        last_beat: Option<SystemTime>,
+        now: SystemTime,
+        here: &Observer,
+        stale_after: Duration,
+    ) -> Liveness {
+        let may_hold = self.held.len() < Self::limit();
+        let mut kept = Kept::Nothing;
+        let held = &self.held;
+        let judged = judge_with(agent, last_beat, now, here, stale_after, &mut |a, pid| {
+            check_identity(held, a, pid, may_hold, &mut kept)
+        });
+        match kept {
+            Kept::Same => {}
+            Kept::New(h) => {
+                self.held.insert(agent.id.clone(), h);
+            }
+            Kept::Nothing => {
+                self.held.remove(&agent.id);
+            }
+        }
+        judged
+    }
+
+    /// Forgets the processes of agents not in `ids`.
+    pub fn keep_only(&mut self, ids: &std::collections::HashSet<&str>) {
+        self.held.retain(|id, _| ids.contains(id.as_str()));
+    }
+
     /// Forgets the processes that have exited.
-    fn forget_exited(&mut self) {
+    pub fn forget_exited(&mut self) {
         if self.held.is_empty() {
             return;
         }
@@ -210,6 +244,38 @@ impl Processes {
     }
 }
 
+/// Why the process at `pid` is not `agent`'s (see [`not_the_agent`]), unless `held`
+/// holds it already; with `may_hold`, a process found to be the agent's is to be held
+/// from now on (`kept`).
+fn check_identity(
+    held: &HashMap<String, Held>,
+    agent: &Agent,
+    pid: u32,
+    may_hold: bool,
+    kept: &mut Kept,
+) -> Option<String> {
+    if held.get(&agent.id).is_some_and(|h| h.is_of(agent, pid)) {
+        *kept = Kept::Same;
+        return None;
+    }
+    // Opened before the check, so the process checked is the one held (or the check
+    // fails): a pid handed on in between shows as another start or inode.
+    let fd = if may_hold { sys::pidfd_open(pid) } else { None };
+    let why = not_the_agent(agent, pid, fd.as_ref().map(|f| f.as_fd()));
+    if why.is_none()
+        && let Some(fd) = fd
+    {
+        *kept = Kept::New(Held {
+            registered_at: agent.registered_at.clone(),
+            pid,
+            start: agent.process_start,
+            inode: agent.process_inode,
+            fd,
+        });
+    }
+    why
+}
+
 /// One agent's view, judged now; its process is checked unless `held` holds it.
 fn view_one(
     dir: &SessionDir,
@@ -223,28 +289,7 @@ fn view_one(
     let last = registry::last_heartbeat(dir, &a.id);
     let mut kept = Kept::Nothing;
     let (alive, reason) = if is_live_status(&a.status) {
-        let mut identity = |agent: &Agent, pid: u32| {
-            if held.get(&agent.id).is_some_and(|h| h.is_of(agent, pid)) {
-                kept = Kept::Same;
-                return None;
-            }
-            // Opened before the check, so the process checked is the one held (or the
-            // check fails): a pid handed on in between shows as another start or inode.
-            let fd = if may_hold { sys::pidfd_open(pid) } else { None };
-            let why = not_the_agent(agent, pid, fd.as_ref().map(|f| f.as_fd()));
-            if why.is_none()
-                && let Some(fd) = fd
-            {
-                kept = Kept::New(Held {
-                    registered_at: agent.registered_at.clone(),
-                    pid,
-                    start: agent.process_start,
-                    inode: agent.process_inode,
-                    fd,
-                });
-            }
-            why
-        };
+        let mut identity = |agent: &Agent, pid: u32| check_identity(held, agent, pid, may_hold, &mut kept);
         match judge_with(&a, last, now, here, stale_after, &mut identity) {
             Liveness::Alive => (Some(true), None),
             Liveness::Dead(r) | Liveness::Hung(r) => (Some(false), Some(r)),
