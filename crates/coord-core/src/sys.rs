@@ -118,24 +118,31 @@ pub fn parent_pid() -> u32 {
 /// (A zombie thread-group leader whose other threads still run is a running process.)
 pub fn process_start(pid: u32) -> Option<u64> {
     let path = format!("/proc/{pid}/stat");
-    // One read(2) returns the whole line (a few hundred bytes); a line cut short by an
-    // odd reader or kernel is read again the long way.
+    // One read(2) returns the whole line (a few hundred bytes); a line cut short, or a
+    // read that failed, is read again the long way.
+    let mut file = std::fs::File::open(&path).ok()?;
     let mut buf = [0u8; 1024];
-    let n = std::io::Read::read(&mut std::fs::File::open(&path).ok()?, &mut buf).ok()?;
-    let parsed = std::str::from_utf8(&buf[..n]).ok().filter(|s| s.ends_with('\n')).and_then(parse_stat);
-    let (state, start) = match parsed {
+    let n = std::io::Read::read(&mut file, &mut buf).unwrap_or(0);
+    let line = &buf[..n];
+    let (state, start) = match parse_stat_bytes(line).filter(|_| line.ends_with(b"\n")) {
         Some((state, start)) => (state.to_string(), start),
         None => {
-            let stat = std::fs::read_to_string(&path).ok()?;
-            let (state, start) = parse_stat(&stat)?;
+            let stat = std::fs::read(&path).ok()?;
+            let (state, start) = parse_stat_bytes(&stat)?;
             (state.to_string(), start)
         }
     };
-    let state = state.as_str();
-    if matches!(state, "Z" | "X") && !has_other_threads(pid) {
+    if matches!(state.as_str(), "Z" | "X") && !has_other_threads(pid) {
         return None;
     }
     Some(start)
+}
+
+/// [`parse_stat`] of the raw bytes: the command name (field 2) may be any bytes, not
+/// only UTF-8; the fields after it are ASCII.
+fn parse_stat_bytes(stat: &[u8]) -> Option<(&str, u64)> {
+    let close = stat.iter().rposition(|&b| b == b')')?;
+    parse_stat(std::str::from_utf8(&stat[close..]).ok()?)
 }
 
 /// Whether the process `pid` has a thread besides its first one.
@@ -253,6 +260,10 @@ mod tests {
         assert_eq!(parse_stat(stat), Some(("S", 987654)));
         assert_eq!(parse_stat("garbage"), None);
         assert_eq!(parse_stat("1 (x) S 1"), None);
+        // A command name that is not UTF-8 does not hide the fields after it.
+        let mut raw = b"42 (bad\xff name) ".to_vec();
+        raw.extend_from_slice(stat[stat.rfind(')').expect("paren") + 2..].as_bytes());
+        assert_eq!(parse_stat_bytes(&raw), Some(("S", 987654)));
     }
 
     #[test]

@@ -57,7 +57,8 @@ pub struct Processes {
 
 /// What tells one version of a file from another: device, inode, size and mtime. Every
 /// write of `agents.json` renames a new file into place, so its inode changes, unless
-/// the number is reused at once: a file changed less than [`FRESH`] ago is read again.
+/// the number is reused at once: what was read from a file changed less than [`FRESH`]
+/// before is not remembered.
 type FileKey = (u64, u64, u64, Option<SystemTime>);
 
 /// See [`FileKey`].
@@ -121,17 +122,18 @@ impl Processes {
         let meta = f.metadata().map_err(|e| crate::error::Error::io("inspect", &path, e))?;
         let mtime = meta.modified().ok();
         let key = (meta.dev(), meta.ino(), meta.len(), mtime);
-        let settled = mtime.is_some_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age >= FRESH));
-        if settled
-            && let Some((seen, agents, problems)) = &self.read
+        if let Some((seen, agents, problems)) = &self.read
             && *seen == key
         {
             return Ok((agents.clone(), problems.clone()));
         }
+        // A file changed within FRESH of this read is not trusted later: a rewrite in the
+        // same tick, reusing the inode number and the size, would look the same.
+        let settled = mtime.is_some_and(|t| SystemTime::now().duration_since(t).is_ok_and(|age| age >= FRESH));
         let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
         f.read_to_end(&mut bytes).map_err(|e| crate::error::Error::io("read", &path, e))?;
         let (agents, problems) = parse_agents_lenient(&path, &bytes)?;
-        self.read = Some((key, agents.clone(), problems.clone()));
+        self.read = settled.then(|| (key, agents.clone(), problems.clone()));
         Ok((agents, problems))
     }
 

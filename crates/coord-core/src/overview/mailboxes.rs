@@ -61,8 +61,13 @@ struct Known {
 enum Kept {
     /// Every directory listed is watched; `dirty` once an event came for one.
     Watched { dirty: bool },
-    /// Each directory listed, with its mtime from just before it was listed.
+    /// Each directory listed, with its mtime from just before it was listed, every one
+    /// of them already older than [`FRESH`] then.
     Stamped(Vec<(PathBuf, Option<SystemTime>)>),
+    /// Counted by mtimes while one of them was within [`FRESH`] of the count: a change
+    /// in the same timestamp tick after the listing could leave that mtime as it was, so
+    /// it is counted again next time.
+    Unsettled,
 }
 
 #[derive(Debug)]
@@ -79,6 +84,8 @@ struct Counted {
     counts: mailbox::Counts,
     kept: Kept,
     watches: Vec<WatchDescriptor>,
+    /// A watch could not be added: the others are counted by mtimes from now on.
+    limited: bool,
 }
 
 impl Mailboxes {
@@ -101,16 +108,13 @@ impl Mailboxes {
         }
         self.take_events();
         self.forget_others(agents);
-        let now = SystemTime::now();
         let mut out: Vec<Option<Result<mailbox::Counts>>> = Vec::with_capacity(agents.len());
         let mut todo = Vec::new();
         for (i, agent) in agents.iter().enumerate() {
             let holds = self.known.get(*agent).is_some_and(|k| match &k.kept {
                 Kept::Watched { dirty } => !dirty,
-                Kept::Stamped(dirs) => dirs.iter().all(|(p, seen)| {
-                    let stamp = mtime(p);
-                    stamp == *seen && stamp.is_none_or(|t| now.duration_since(t).is_ok_and(|age| age >= FRESH))
-                }),
+                Kept::Stamped(dirs) => dirs.iter().all(|(p, seen)| mtime(p) == *seen),
+                Kept::Unsettled => false,
             });
             match self.known.get(*agent) {
                 Some(k) if holds => out.push(Some(Ok(k.counts.clone()))),
@@ -148,8 +152,11 @@ impl Mailboxes {
             match r {
                 Ok((_, c)) => {
                     if let Some(w) = self.watch.as_mut() {
-                        if matches!(c.kept, Kept::Stamped(_)) && watches.is_some() {
+                        if c.limited {
                             w.full = true;
+                        }
+                        if !matches!(c.kept, Kept::Watched { .. }) {
+                            w.owners.retain(|_, a| a.as_str() != agent);
                         }
                         for wd in c.watches {
                             w.owners.insert(wd, agent.to_string());
@@ -215,9 +222,6 @@ impl Mailboxes {
 
     /// Forgets the mailboxes of agents no longer listed, and their watches.
     fn forget_others(&mut self, agents: &[&str]) {
-        if self.known.len() <= agents.len() && self.known.keys().all(|k| agents.contains(&k.as_str())) {
-            return;
-        }
         let listed: std::collections::HashSet<&str> = agents.iter().copied().collect();
         self.known.retain(|a, _| listed.contains(a.as_str()));
         if let Some(w) = self.watch.as_mut() {
@@ -253,35 +257,60 @@ fn count(dir: &SessionDir, agent: &str, how: How) -> Result<Counted> {
     // The id comes from a file: it must not lead out of `messages/`.
     crate::id::validate("agent", agent)?;
     match count_with(dir, agent, how)? {
-        Some(c) => Ok(c),
-        None => {
-            count_with(dir, agent, How::Stamp)?.ok_or_else(|| Error::Failed(format!("mailbox of {agent}: not counted")))
+        Ok(c) => Ok(c),
+        Err(limited) => {
+            let mut c = count_with(dir, agent, How::Stamp)?
+                .map_err(|_| Error::Failed(format!("mailbox of {agent}: not counted")))?;
+            c.limited = limited;
+            Ok(c)
         }
     }
 }
 
-/// One pass of [`count`]: `Ok(None)` when a watch could not be added.
-fn count_with(dir: &SessionDir, agent: &str, how: How) -> Result<Option<Counted>> {
+/// One pass of [`count`]: `Ok(Err(limited))` when it cannot be kept by watches, with
+/// `limited` when a watch could not be added (inotify's limit, say) rather than the
+/// mailbox being missing.
+fn count_with(dir: &SessionDir, agent: &str, how: How) -> Result<std::result::Result<Counted, bool>> {
     let by_watches = matches!(how, How::Watch(_));
-    let mut l = Lister { how, wds: Vec::new(), stamps: Vec::new(), failed: false };
+    let started = SystemTime::now();
+    let mut l = Lister { how, wds: Vec::new(), stamps: Vec::new(), failed: false, limited: false };
     // The mailbox itself is watched for its subdirectories coming and going; its
     // listing is not needed. A missing mailbox has no parent watched: by mtimes.
-    if !l.mark(&dir.mailbox_dir(agent)) && by_watches {
-        l.failed = true;
+    let missing = !l.mark(&dir.mailbox_dir(agent)) && by_watches;
+    let counted = list_mailbox(dir, agent, &mut l);
+    if counted.is_err() || l.failed || missing {
+        // Not kept by these watches: take them back (the mailbox's directories may be
+        // watched again by a later count).
+        if let How::Watch(w) = &mut l.how {
+            for wd in l.wds.drain(..) {
+                let _ = w.remove(wd);
+            }
+        }
     }
+    let counts = counted?;
+    if l.failed || missing {
+        return Ok(Err(l.limited));
+    }
+    let kept = if by_watches {
+        Kept::Watched { dirty: false }
+    } else if l.stamps.iter().all(|(_, t)| t.is_none_or(|t| started.duration_since(t).is_ok_and(|age| age >= FRESH))) {
+        Kept::Stamped(l.stamps)
+    } else {
+        Kept::Unsettled
+    };
+    Ok(Ok(Counted { counts, kept, watches: l.wds, limited: false }))
+}
+
+/// The counts of one mailbox, each directory marked by `l` before it is listed.
+fn list_mailbox(dir: &SessionDir, agent: &str, l: &mut Lister) -> Result<mailbox::Counts> {
     let handovers =
         l.list(&dir.mailbox_tmp(agent))?.iter().filter(|(n, _)| n.ends_with(layout::REQUEUE_SUFFIX)).count();
-    let queued = queued_in(&dir.mailbox_new(agent), 0, &mut l)?;
+    let queued = queued_in(&dir.mailbox_new(agent), 0, l)?;
     let in_flight = l.list(&dir.mailbox_cur(agent))?.len() + handovers;
     let acked = l.list(&dir.mailbox_done(agent))?.len();
     let dead = l.list(&dir.mailbox_dead(agent))?.len();
     let bad = l.list(&dir.mailbox_bad(agent))?.len();
-    if l.failed {
-        return Ok(None);
-    }
-    let counts = mailbox::Counts { agent: agent.to_string(), queued, in_flight, acked, dead, bad };
-    let kept = if by_watches { Kept::Watched { dirty: false } } else { Kept::Stamped(l.stamps) };
-    Ok(Some(Counted { counts, kept, watches: l.wds }))
+    Ok(mailbox::Counts { agent: agent.to_string(), queued, in_flight, acked, dead, bad })
 }
 
 /// Lists a mailbox's directories, each watched (or its mtime noted) first, so a change
@@ -292,6 +321,8 @@ struct Lister {
     stamps: Vec<(PathBuf, Option<SystemTime>)>,
     /// A watch could not be added.
     failed: bool,
+    /// ... because inotify's watch limit was reached.
+    limited: bool,
 }
 
 impl Lister {
@@ -308,6 +339,7 @@ impl Lister {
                 Err(e) => {
                     log::debug!("cannot watch {}: {e}", path.display());
                     self.failed = true;
+                    self.limited |= e.raw_os_error() == Some(libc::ENOSPC);
                     true
                 }
             },
@@ -464,6 +496,17 @@ mod tests {
         let exact = |got: usize, touched: usize, what: &str| assert_eq!(got, touched, "{what}");
         follow_changes(&mut m, &dir, &mut |_| {}, &exact);
         assert!(m.watch.as_ref().is_some_and(|w| !w.full && !w.owners.is_empty()), "inotify served");
+        // A missing mailbox cannot be watched: it goes by mtimes, and the others stay
+        // watched.
+        std::fs::remove_dir_all(dir.mailbox_dir("a2")).expect("remove a2's mailbox");
+        check(&mut m, &dir, &["a1", "a2"], "a2's mailbox gone");
+        assert!(m.watch.as_ref().is_some_and(|w| !w.full), "a missing mailbox is not the watch limit");
+        assert!(!matches!(m.known["a2"].kept, Kept::Watched { .. }));
+        assert!(m.watch.as_ref().is_some_and(|w| w.owners.values().all(|a| a == "a1")), "a2's watches are gone");
+        assert!(matches!(m.known["a1"].kept, Kept::Watched { .. }));
+        crate::layout::ensure_mailbox(&dir, "a2").expect("mailbox again");
+        send(&dir, "a2", 0);
+        check(&mut m, &dir, &["a1", "a2"], "a2's mailbox back with a message");
     }
 
     #[test]
@@ -494,6 +537,36 @@ mod tests {
         age(&dir, 0);
         assert_eq!(check(&mut m, &dir, &["a1", "a2"], "fresh"), 2);
         assert_eq!(check(&mut m, &dir, &["a1", "a2"], "still fresh"), 2);
+    }
+
+    #[test]
+    fn entries_lists_what_read_dir_lists() {
+        use std::os::unix::ffi::OsStrExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let d = tmp.path().join("d");
+        assert!(entries(&d).expect("missing").is_empty(), "a missing directory lists as empty");
+        std::fs::create_dir(&d).expect("mkdir");
+        assert!(entries(&d).expect("empty").is_empty());
+        // Enough names to take several getdents64 calls into the 32 KiB buffer.
+        for i in 0..3000 {
+            std::fs::write(d.join(format!("message-{i:06}.json")), b"{}").expect("file");
+        }
+        for i in 0..20 {
+            std::fs::create_dir(d.join(format!("shard{i:02}"))).expect("subdir");
+        }
+        std::os::unix::fs::symlink("shard00", d.join("link")).expect("symlink");
+        std::fs::write(d.join(std::ffi::OsStr::from_bytes(b"not-utf8-\xff")), b"").expect("odd name");
+        let mut got = entries(&d).expect("list");
+        got.sort();
+        let mut want: Vec<(String, bool)> = std::fs::read_dir(&d)
+            .expect("read_dir")
+            .flatten()
+            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.file_type().is_ok_and(|t| t.is_dir()))))
+            .collect();
+        want.sort();
+        assert_eq!(got.len(), 3021, "3000 files, 20 directories, the link; not the odd name");
+        assert_eq!(got, want);
+        assert_eq!(got.iter().filter(|(_, dir)| *dir).count(), 20, "a link to a directory is not one");
     }
 
     #[test]

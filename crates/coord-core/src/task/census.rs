@@ -11,9 +11,9 @@
 //! A [`Census`] kept between calls remembers each directory's modification time and
 //! what it found there. A directory whose mtime did not change keeps its count without
 //! being listed again (adding or removing a name changes its directory's mtime), except
-//! when that mtime is within [`FRESH`] of now: a change in the same timestamp tick as
-//! the last listing could leave the mtime as it was, so a recently changed directory is
-//! always listed again.
+//! when that mtime was within [`FRESH`] of the time of that listing: a change in the
+//! same timestamp tick after the listing could leave the mtime as it was, so a listing
+//! of a recently changed directory is never trusted later.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,7 +41,10 @@ enum Seen {
 /// Counts tasks by status from directory listings, remembering unchanged directories.
 #[derive(Debug, Default)]
 pub struct Census {
-    seen: HashMap<PathBuf, (SystemTime, Seen)>,
+    /// Each directory's mtime when listed, if it was already past [`FRESH`] then (a
+    /// listing made while the mtime was fresh is never trusted later: a change in the
+    /// same tick after it would leave that mtime as it was), and what it held.
+    seen: HashMap<PathBuf, (Option<SystemTime>, Seen)>,
     /// Directories listed by the last [`Census::count`] (the others were remembered).
     listed: usize,
 }
@@ -135,8 +138,7 @@ impl Census {
             return Ok(Vec::new());
         };
         if let Some((m, Seen::Children { dirs, .. })) = self.seen.get(d)
-            && *m == mtime
-            && !is_fresh(mtime, now)
+            && *m == Some(mtime)
         {
             return Ok(dirs.clone());
         }
@@ -151,7 +153,8 @@ impl Census {
             }
         }
         dirs.sort();
-        self.seen.insert(d.to_path_buf(), (mtime, Seen::Children { dirs: dirs.clone(), records }));
+        let trusted = (!is_fresh(mtime, now)).then_some(mtime);
+        self.seen.insert(d.to_path_buf(), (trusted, Seen::Children { dirs: dirs.clone(), records }));
         Ok(dirs)
     }
 
@@ -169,14 +172,14 @@ impl Census {
             return Ok(0);
         };
         if let Some((m, Seen::Count(n))) = self.seen.get(d)
-            && *m == mtime
-            && !is_fresh(mtime, now)
+            && *m == Some(mtime)
         {
             return Ok(*n);
         }
         self.listed += 1;
         let n = index::list_names(d)?.iter().filter(|name| is_record(name)).count();
-        self.seen.insert(d.to_path_buf(), (mtime, Seen::Count(n)));
+        let trusted = (!is_fresh(mtime, now)).then_some(mtime);
+        self.seen.insert(d.to_path_buf(), (trusted, Seen::Count(n)));
         Ok(n)
     }
 }
@@ -282,6 +285,25 @@ mod tests {
         assert_eq!(counted.claimed, 1);
         assert!(counted.completed >= 5);
         assert_eq!(census.count(&dir).expect("again"), expected, "a second count agrees");
+    }
+
+    #[test]
+    fn a_listing_made_while_the_mtime_was_fresh_is_not_trusted_once_it_is_old() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = session(&tmp);
+        let done = dir.tasks_status_dir("done");
+        std::fs::create_dir_all(&done).expect("done/");
+        // An mtime just short of FRESH old: the listing sees it fresh.
+        let tick = SystemTime::now() - FRESH + Duration::from_millis(300);
+        let set = |t: SystemTime| std::fs::File::open(&done).expect("open").set_modified(t).expect("mtime");
+        set(tick);
+        let mut census = Census::new();
+        assert_eq!(census.count(&dir).expect("first").completed, 0);
+        // A record added "in the same tick": the mtime is left as it was.
+        std::fs::write(done.join("late.json"), "{}").expect("record");
+        set(tick);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(census.count(&dir).expect("later").completed, 1, "listed again: its first listing was fresh");
     }
 
     #[test]
