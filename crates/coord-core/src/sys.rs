@@ -262,7 +262,7 @@ mod tests {
         assert_eq!(parse_stat("1 (x) S 1"), None);
         // A command name that is not UTF-8 does not hide the fields after it.
         let mut raw = b"42 (bad\xff name) ".to_vec();
-        raw.extend_from_slice(stat[stat.rfind(')').expect("paren") + 2..].as_bytes());
+        raw.extend_from_slice(&stat.as_bytes()[stat.rfind(')').expect("paren") + 2..]);
         assert_eq!(parse_stat_bytes(&raw), Some(("S", 987654)));
     }
 
