@@ -107,6 +107,28 @@ pub fn spread_subdirectories(dir: &Path) {
     let _ = dir;
 }
 
+/// `f` of every item, in order: on one thread when there are fewer than `serial_below`
+/// items (or one core), else split over up to 4 scoped threads, one per core. A panic in
+/// `f` is passed on.
+pub fn parallel_map<T: Send, R: Send>(items: Vec<T>, serial_below: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    if items.len() < serial_below || threads < 2 {
+        return items.into_iter().map(f).collect();
+    }
+    let size = items.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<T>> = Vec::with_capacity(threads);
+    let mut rest = items.into_iter().peekable();
+    while rest.peek().is_some() {
+        chunks.push(rest.by_ref().take(size).collect());
+    }
+    let f = &f;
+    std::thread::scope(|scope| {
+        let running: Vec<_> =
+            chunks.into_iter().map(|chunk| scope.spawn(move || chunk.into_iter().map(f).collect::<Vec<R>>())).collect();
+        running.into_iter().flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
+}
+
 /// This process's parent: the shell or agent that ran the tool.
 pub fn parent_pid() -> u32 {
     std::os::unix::process::parent_id()
@@ -259,6 +281,10 @@ mod tests {
         let stat = "4242 (a) b (c)) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
         assert_eq!(parse_stat(stat), Some(("S", 987654)));
         assert_eq!(parse_stat("garbage"), None);
+        let squares: Vec<u64> = (0..1000).map(|i| i * i).collect();
+        assert_eq!(parallel_map((0..1000u64).collect(), 1, |i| i * i), squares, "in order, over threads");
+        assert_eq!(parallel_map((0..1000u64).collect(), 2000, |i| i * i), squares, "on one thread");
+        assert!(parallel_map(Vec::<u64>::new(), 0, |i| i).is_empty());
         assert_eq!(parse_stat("1 (x) S 1"), None);
         // A command name that is not UTF-8 does not hide the fields after it.
         let mut raw = b"42 (bad\xff name) ".to_vec();

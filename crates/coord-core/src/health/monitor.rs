@@ -44,13 +44,10 @@ pub struct Monitor {
     sys: Option<sysinfo::System>,
     once: Once,
     last_sample: Option<std::time::Instant>,
-    cache: Option<(FileStamp, Vec<Agent>, Vec<String>)>,
-    /// The agents' processes found to be theirs, held by pidfds between ticks.
+    /// The agents' processes found to be theirs, held by pidfds between ticks, and
+    /// `agents.json` as last read.
     processes: super::Processes,
 }
-
-/// Identity of one version of a file: inode, mtime (s, ns) and size.
-type FileStamp = (u64, i64, i64, u64);
 
 /// One resource sample of a live local agent (a line of `metrics/resources.jsonl`).
 #[derive(Debug, Clone, Serialize)]
@@ -79,7 +76,6 @@ impl Monitor {
             sys: None,
             once: Once::default(),
             last_sample: None,
-            cache: None,
             processes: super::Processes::new(),
         }
     }
@@ -94,7 +90,7 @@ impl Monitor {
     /// events; the tick itself never fails, so a sidecar keeps running and says why.
     pub fn tick(&mut self) -> TickReport {
         let mut report = TickReport::default();
-        let (agents, problems) = match self.load_agents() {
+        let (agents, problems) = match self.processes.registrations(&self.dir) {
             Ok(x) => {
                 self.once.clear("agents.json");
                 x
@@ -153,22 +149,6 @@ impl Monitor {
             }
         }
         report
-    }
-
-    /// The registrations, parsed again only when `agents.json` was replaced since the
-    /// last tick (every writer renames a new file into place, so the inode changes).
-    fn load_agents(&mut self) -> Result<(Vec<Agent>, Vec<String>)> {
-        use std::os::unix::fs::MetadataExt;
-        let stamp =
-            std::fs::metadata(self.dir.agents_json()).ok().map(|m| (m.ino(), m.mtime(), m.mtime_nsec(), m.len()));
-        if let (Some(stamp), Some((cached, agents, problems))) = (stamp, &self.cache)
-            && stamp == *cached
-        {
-            return Ok((agents.clone(), problems.clone()));
-        }
-        let loaded = load_agents_lenient(&self.dir)?;
-        self.cache = stamp.map(|s| (s, loaded.0.clone(), loaded.1.clone()));
-        Ok(loaded)
     }
 
     fn recover(&mut self, report: &mut TickReport, agent: &Agent, kind: &str, reason: String) {

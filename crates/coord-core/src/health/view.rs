@@ -106,8 +106,9 @@ impl Processes {
         usize::try_from(sys::open_files_limit() / 2).unwrap_or(usize::MAX).saturating_sub(64)
     }
 
-    /// The registrations, read again only when the file changed.
-    fn registrations(&mut self, dir: &SessionDir) -> Result<(Vec<Agent>, Vec<String>)> {
+    /// The registrations (as [`load_agents_lenient`] reads them), read again only when
+    /// `agents.json` changed.
+    pub(crate) fn registrations(&mut self, dir: &SessionDir) -> Result<(Vec<Agent>, Vec<String>)> {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
         let path = dir.agents_json();
@@ -176,14 +177,13 @@ impl Processes {
         if self.held.is_empty() {
             return;
         }
-        let ids: Vec<String> = self.held.keys().cloned().collect();
-        let fds: Vec<_> = ids.iter().filter_map(|id| self.held.get(id)).map(|h| h.fd.as_fd()).collect();
+        let (ids, fds): (Vec<&String>, Vec<_>) = self.held.iter().map(|(id, h)| (id, h.fd.as_fd())).unzip();
         match sys::exited(&fds) {
             Ok(gone) => {
-                for (id, gone) in ids.iter().zip(gone) {
-                    if gone {
-                        self.held.remove(id);
-                    }
+                let gone: Vec<String> =
+                    ids.into_iter().zip(gone).filter(|(_, g)| *g).map(|(id, _)| id.clone()).collect();
+                for id in gone {
+                    self.held.remove(&id);
                 }
             }
             Err(e) => {
@@ -207,25 +207,9 @@ impl Processes {
         let now = SystemTime::now();
         let may_hold = hold && self.held.len() + agents.len() <= Self::limit();
         let held = &self.held;
-        let one = |a: Agent| view_one(dir, a, now, &here, stale_after, held, may_hold);
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-        let made: Vec<(AgentView, Kept)> = if agents.len() < PARALLEL_FROM || threads < 2 {
-            agents.into_iter().map(one).collect()
-        } else {
-            let size = agents.len().div_ceil(threads);
-            let mut chunks: Vec<Vec<Agent>> = Vec::new();
-            let mut rest = agents.into_iter().peekable();
-            while rest.peek().is_some() {
-                chunks.push(rest.by_ref().take(size).collect());
-            }
-            std::thread::scope(|scope| {
-                let running: Vec<_> = chunks
-                    .into_iter()
-                    .map(|chunk| scope.spawn(move || chunk.into_iter().map(one).collect::<Vec<_>>()))
-                    .collect();
-                running.into_iter().flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-            })
-        };
+        let made = sys::parallel_map(agents, PARALLEL_FROM, |a: Agent| {
+            view_one(dir, a, now, &here, stale_after, held, may_hold)
+        });
         let mut before = std::mem::take(&mut self.held);
         let mut views = Vec::with_capacity(made.len());
         for (view, kept) in made {

@@ -125,32 +125,18 @@ impl Mailboxes {
             }
         }
         let watches = self.watch.as_ref().filter(|w| !w.full).map(|w| w.inotify.watches());
-        let one = |i: &usize| {
-            let agent = agents[*i];
+        self.counted = todo.len();
+        let counted = crate::sys::parallel_map(todo, PARALLEL_FROM, |i: usize| {
             let how = match &watches {
                 Some(w) => How::Watch(w.clone()),
                 None => How::Stamp,
             };
-            count(dir, agent, how).map(|c| (*i, c))
-        };
-        self.counted = todo.len();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
-        let counted: Vec<(usize, Result<(usize, Counted)>)> = if todo.len() < PARALLEL_FROM || threads < 2 {
-            todo.iter().map(|i| (*i, one(i))).collect()
-        } else {
-            let size = todo.len().div_ceil(threads);
-            std::thread::scope(|scope| {
-                let running: Vec<_> = todo
-                    .chunks(size)
-                    .map(|chunk| scope.spawn(move || chunk.iter().map(|i| (*i, one(i))).collect::<Vec<_>>()))
-                    .collect();
-                running.into_iter().flat_map(|t| t.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
-            })
-        };
+            (i, count(dir, agents[i], how))
+        });
         for (i, r) in counted {
             let agent = agents[i];
             match r {
-                Ok((_, c)) => {
+                Ok(c) => {
                     if let Some(w) = self.watch.as_mut() {
                         if c.limited {
                             w.full = true;
@@ -179,7 +165,7 @@ impl Mailboxes {
         let Some(w) = self.watch.as_mut() else { return };
         let mut buf = [0u8; 16 * 1024];
         let mut all = false;
-        let mut changed: Vec<String> = Vec::new();
+        let mut changed: std::collections::HashSet<String> = std::collections::HashSet::new();
         loop {
             match w.inotify.read_events(&mut buf) {
                 Ok(events) => {
@@ -195,9 +181,7 @@ impl Mailboxes {
                         } else {
                             w.owners.get(&e.wd).cloned()
                         };
-                        if let Some(agent) = owner {
-                            changed.push(agent);
-                        }
+                        changed.extend(owner);
                     }
                     if !any {
                         break;
@@ -213,7 +197,7 @@ impl Mailboxes {
         }
         for (agent, k) in self.known.iter_mut() {
             if let Kept::Watched { dirty } = &mut k.kept
-                && (all || changed.iter().any(|c| c == agent))
+                && (all || changed.contains(agent))
             {
                 *dirty = true;
             }

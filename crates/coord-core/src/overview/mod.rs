@@ -71,7 +71,6 @@ impl Overview {
             let agents = processes.agent_views(dir, STALE_AFTER, remember).map(|(agents, problems)| {
                 let ids: Vec<&str> = agents.iter().map(|a| a.id.as_str()).collect();
                 let counted = boxes.counts(dir, &ids, remember);
-                drop(ids);
                 (agents, problems, counted)
             });
             (counting.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), agents)
