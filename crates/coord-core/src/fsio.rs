@@ -57,9 +57,9 @@ pub fn replace_atomic_via(tmp_dir: &Path, path: &Path, bytes: &[u8]) -> Result<(
 }
 
 /// Publishes the complete temporary file `tmp` as `path` (see [`replace_atomic`]).
-fn publish(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+fn publish(tmp: tempfile::TempPath, path: &Path) -> Result<()> {
     if !EXCHANGE_UNSUPPORTED.load(Ordering::Relaxed) {
-        match exchange(tmp.path(), path) {
+        match exchange(&tmp, path) {
             Ok(()) => {
                 // The temporary name now holds the old file.
                 remove_replaced(tmp);
@@ -80,12 +80,12 @@ static EXCHANGE_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 
 /// Removes the old version of a replaced file, now under the temporary name `old`: at
 /// once, or later when removal is deferred (see [`DeferredRemoval`]).
-fn remove_replaced(old: tempfile::NamedTempFile) {
+fn remove_replaced(old: tempfile::TempPath) {
     if !DEFERRED.with_borrow(Option::is_some) {
         drop(old); // removes the file
         return;
     }
-    match old.into_temp_path().keep() {
+    match old.keep() {
         Ok(path) => DEFERRED.with_borrow_mut(|d| d.get_or_insert_with(Vec::new).push(path)),
         Err(e) => remove_quietly(&e.path),
     }
@@ -198,7 +198,7 @@ where
     if env::fsync_requested() {
         tmp.as_file().sync_all().ctx("fsync", path)?;
     }
-    publish(tmp, path)
+    publish(closed(tmp, path)?, path)
 }
 
 /// `value` as pretty JSON bytes with a trailing newline.
@@ -209,7 +209,7 @@ pub fn to_json_bytes<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     bytes
 }
 
-fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+fn write_temp(path: &Path, bytes: &[u8]) -> Result<tempfile::TempPath> {
     write_temp_in_dir(parent(path), path, bytes)
 }
 
@@ -218,7 +218,7 @@ fn temp_file_in(dir: &Path) -> Result<tempfile::NamedTempFile> {
     tempfile::Builder::new().prefix(".").suffix(".tmp").tempfile_in(dir).ctx("create a temporary file in", dir)
 }
 
-fn write_temp_in_dir(dir: &Path, path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
+fn write_temp_in_dir(dir: &Path, path: &Path, bytes: &[u8]) -> Result<tempfile::TempPath> {
     let tmp = temp_file_in(dir)?;
     // Errors name the file being replaced (a full disk: "write .../agents.json: No space
     // left on device"), not the temporary file, which is removed when `tmp` drops.
@@ -226,7 +226,26 @@ fn write_temp_in_dir(dir: &Path, path: &Path, bytes: &[u8]) -> Result<tempfile::
     if env::fsync_requested() {
         tmp.as_file().sync_all().ctx("fsync", path)?;
     }
+    closed(tmp, path)
+}
+
+/// Closes a written temporary file before it is published: on NFS a file's data reaches
+/// the server when it is closed (close-to-open consistency), so a rename or link while
+/// it is still open could show other hosts the new name with none of the data. Local
+/// filesystems need nothing of this, and a close costs them nothing.
+fn closed(tmp: tempfile::NamedTempFile, path: &Path) -> Result<tempfile::TempPath> {
+    let (file, tmp) = tmp.into_parts();
+    close(file).ctx("write", path)?;
     Ok(tmp)
+}
+
+/// Closes `file`, reporting the error of the flush that `close(2)` does on NFS (a full
+/// server), which dropping a `File` would hide: the data did not reach the server then.
+fn close(file: std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = file.into_raw_fd();
+    // SAFETY: `fd` was just taken from the `File`, which no longer owns or closes it.
+    if unsafe { libc::close(fd) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 fn parent(path: &Path) -> &Path {
@@ -314,6 +333,8 @@ pub fn write_temp_in(tmp_dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
         .write_all(bytes)
         .ctx("write", &path)
         .and_then(|()| if env::fsync_requested() { file.sync_all().ctx("fsync", &path) } else { Ok(()) });
+    // Closed with its error checked, for the reason given at [`closed`].
+    let written = written.and_then(|()| close(file).ctx("write", &path));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&path);
         return Err(e);

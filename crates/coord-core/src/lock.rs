@@ -78,6 +78,7 @@ pub fn acquire_existing(name: &str, path: &Path, timeout: Duration) -> Result<Lo
 }
 
 fn acquire_file(name: &str, path: &Path, file: File, timeout: Duration) -> Result<LockGuard> {
+    refuse_host_local_locks(path, &file)?;
     match file.try_lock() {
         Ok(()) => return Ok(LockGuard { file, path: path.to_path_buf() }),
         Err(TryLockError::WouldBlock) => {}
@@ -118,6 +119,7 @@ pub fn try_acquire_existing(path: &Path) -> Result<Option<LockGuard>> {
 }
 
 fn try_lock_file(path: &Path, file: File) -> Result<Option<LockGuard>> {
+    refuse_host_local_locks(path, &file)?;
     match file.try_lock() {
         Ok(()) => Ok(Some(LockGuard { file, path: path.to_path_buf() })),
         Err(TryLockError::WouldBlock) => Ok(None),
@@ -126,12 +128,55 @@ fn try_lock_file(path: &Path, file: File) -> Result<Option<LockGuard>> {
 }
 
 fn open_existing(path: &Path) -> Result<File> {
-    // flock(2) needs no write access; the file is never written through this descriptor.
-    File::open(path).ctx("open lock file", path)
+    // The file is never written through this descriptor, but it is opened for writing:
+    // the Linux NFS client emulates flock(2) with a POSIX write lock, which fails with
+    // EBADF on a descriptor opened read-only. Read-only is the fallback where writing is
+    // refused (a read-only mount or file), which is enough for local filesystems.
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM | libc::EROFS)) => {
+            File::open(path).ctx("open lock file", path)
+        }
+        r => r.ctx("open lock file", path),
+    }
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
     OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).ctx("open lock file", path)
+}
+
+/// Refuses a lock file on an NFS mount whose flock(2) locks never reach the server
+/// (`local_lock=flock` or `local_lock=all`, which `nolock` implies): such a lock excludes
+/// only the processes of this host, and another host would take it at the same time.
+/// One `fstatfs(2)` per lock; the mount options of an NFS mount are read once per
+/// process.
+fn refuse_host_local_locks(path: &Path, file: &File) -> Result<()> {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    if crate::sys::filesystem_type(file.as_fd()) != Some(crate::sys::NFS_SUPER_MAGIC) {
+        return Ok(());
+    }
+    let dev = file.metadata().ctx("inspect lock file", path)?.dev();
+    static SEEN: std::sync::Mutex<Vec<(u64, Option<String>)>> = std::sync::Mutex::new(Vec::new());
+    let local = {
+        let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.iter().find(|(d, _)| *d == dev) {
+            Some((_, local)) => local.clone(),
+            None => {
+                let local = crate::sys::mount_options(libc::major(dev), libc::minor(dev)).and_then(|o| {
+                    o.split(',').find(|o| matches!(*o, "local_lock=flock" | "local_lock=all")).map(str::to_string)
+                });
+                seen.push((dev, local.clone()));
+                local
+            }
+        }
+    };
+    match local {
+        None => Ok(()),
+        Some(option) => Err(Error::Failed(format!(
+            "cannot lock {}: this NFS mount keeps file locks on this host only ({option}; `nolock` implies it), so processes on other hosts would not be excluded; coord refuses to run unlocked, remount without `nolock` or `local_lock` (NFSv4 locks need nothing more, NFSv3 locks need rpc.statd)",
+            path.display()
+        ))),
+    }
 }
 
 fn lock_error(path: &Path, e: std::io::Error) -> Error {
@@ -141,6 +186,11 @@ fn lock_error(path: &Path, e: std::io::Error) -> Error {
     if unsupported {
         Error::Failed(format!(
             "cannot lock {}: the filesystem does not support file locks ({e}); coord refuses to run unlocked, put the base directory on a filesystem with flock or POSIX lock support",
+            path.display()
+        ))
+    } else if e.raw_os_error() == Some(libc::EBADF) {
+        Error::Failed(format!(
+            "cannot lock {}: it could only be opened read-only, and this filesystem (e.g. NFS, which emulates flock with POSIX locks) locks only files open for writing; give the session's owner write access to it",
             path.display()
         ))
     } else {

@@ -266,6 +266,34 @@ pub fn other_inode(pid: u32, recorded: Option<u64>) -> bool {
     recorded.is_some_and(|r| process_inode(pid).is_some_and(|now| now != r))
 }
 
+/// The filesystem type (`statfs(2)`'s `f_type` magic number) holding the open file `fd`.
+pub fn filesystem_type(fd: BorrowedFd<'_>) -> Option<i64> {
+    // SAFETY: an all-zero statfs is a valid value for fstatfs(2) to fill in.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is an open descriptor and `st` a valid, writable statfs.
+    (unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } == 0).then_some(st.f_type as i64)
+}
+
+/// `statfs(2)`'s magic number of NFS (all versions).
+pub const NFS_SUPER_MAGIC: i64 = 0x6969;
+
+/// The superblock options (the last field of `/proc/self/mountinfo`) of the mount whose
+/// device number is `major:minor`.
+pub fn mount_options(major: u32, minor: u32) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mount_options_in(&info, &format!("{major}:{minor}")).map(str::to_string)
+}
+
+fn mount_options_in<'a>(mountinfo: &'a str, device: &str) -> Option<&'a str> {
+    // "36 35 0:45 / /mnt rw,relatime shared:1 - nfs4 server:/ rw,vers=4.2,...": the third
+    // field is the device; after the " - " separator come the type, the source and the
+    // superblock options.
+    mountinfo.lines().find_map(|line| {
+        let (mount, sb) = line.split_once(" - ")?;
+        (mount.split(' ').nth(2)? == device).then(|| sb.split(' ').nth(2))?
+    })
+}
+
 /// The owner uid of a path, without following a final symlink.
 pub fn owner_of(path: &Path) -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt;
@@ -275,6 +303,18 @@ pub fn owner_of(path: &Path) -> std::io::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_options_come_from_the_line_of_the_device() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw,errors=remount-ro\n\
+                    40 22 0:52 / /mnt/nfs rw,relatime shared:30 - nfs 10.0.0.1:/x rw,vers=3,nolock,local_lock=all\n\
+                    41 22 0:53 / /mnt/v4 rw,relatime - nfs4 10.0.0.1:/ rw,vers=4.2,local_lock=none\n";
+        assert_eq!(mount_options_in(info, "0:52"), Some("rw,vers=3,nolock,local_lock=all"));
+        assert_eq!(mount_options_in(info, "0:53"), Some("rw,vers=4.2,local_lock=none"));
+        assert_eq!(mount_options_in(info, "8:1"), Some("rw,errors=remount-ro"));
+        assert_eq!(mount_options_in(info, "0:5"), None);
+        assert_eq!(mount_options_in("garbage\n - \n", "0:5"), None);
+    }
 
     #[test]
     fn start_ticks_skip_tricky_command_names() {
