@@ -203,11 +203,8 @@ pub fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 /// The pidfs inode of the process a pidfd refers to; `None` where pidfds are not in
 /// pidfs (Linux before 6.9, where their inodes would all be one).
 pub fn pidfd_inode(fd: BorrowedFd<'_>) -> Option<u64> {
-    const PID_FS_MAGIC: u64 = 0x5049_4446;
-    // SAFETY: an all-zero statfs is a valid value for fstatfs to overwrite.
-    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is open and `fs` is a valid, writable statfs.
-    if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) } != 0 || u64::try_from(fs.f_type).ok() != Some(PID_FS_MAGIC) {
+    const PID_FS_MAGIC: i64 = 0x5049_4446;
+    if filesystem_type(fd) != Some(PID_FS_MAGIC) {
         return None;
     }
     // SAFETY: an all-zero stat is a valid value for fstat to overwrite.
