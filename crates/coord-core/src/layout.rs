@@ -512,17 +512,17 @@ impl ToolLock {
     }
 }
 
-/// Creates `messages/<agent>/{tmp,new,cur,done,dead}` if missing. Idempotent.
+/// Creates `messages/<agent>/{tmp,new,cur}` if missing. Idempotent.
 ///
 /// Registration (the seed's "message queues ready") and every mailbox operation call
 /// this; it lives here, beside the paths it creates, so that neither the registry nor
-/// the mailbox has to import the other for it.
+/// the mailbox has to import the other for it. `done/`, `dead/` and `bad/` are made by
+/// the first message moved into them ([`fsio::rename_noclobber`] creates a missing
+/// parent), and every reader takes a missing one as empty: most agents never have a
+/// dead letter, and the overview need not list two empty directories per agent.
 pub fn ensure_mailbox(dir: &SessionDir, agent: &str) -> Result<()> {
     id::validate("agent", agent)?;
     for d in [dir.mailbox_tmp(agent), dir.mailbox_new(agent), dir.mailbox_cur(agent)] {
-        fsio::ensure_dir(&d)?;
-    }
-    for d in [dir.mailbox_done(agent), dir.mailbox_dead(agent)] {
         fsio::ensure_dir(&d)?;
     }
     Ok(())

@@ -12,6 +12,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod dirents;
 pub mod env;
 pub mod error;
 pub mod fsio;

@@ -141,6 +141,16 @@ fn open_existing(path: &Path) -> Result<File> {
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        r => return r.ctx("open lock file", path),
+    }
+    // A new lock file is made only where its lock can be taken: on a mount that keeps
+    // locks on this host, the refusal comes before anything is written.
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let dir = File::open(parent).ctx("open the directory of lock file", path)?;
+        refuse_host_local_locks(path, &dir)?;
+    }
     OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path).ctx("open lock file", path)
 }
 
@@ -148,7 +158,7 @@ fn open_lock_file(path: &Path) -> Result<File> {
 /// (`local_lock=flock` or `local_lock=all`, which `nolock` implies): such a lock excludes
 /// only the processes of this host, and another host would take it at the same time.
 /// One `fstatfs(2)` per lock; the mount options of an NFS mount are read once per
-/// process.
+/// process. `file` is the lock file, or the directory it is about to be made in.
 fn refuse_host_local_locks(path: &Path, file: &File) -> Result<()> {
     use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;

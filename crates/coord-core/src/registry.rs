@@ -75,8 +75,21 @@ pub fn show(dir: &SessionDir, agent: &str) -> Result<Agent> {
 }
 
 /// The time of the agent's last heartbeat (registration counts as the first).
+///
+/// On a shared filesystem (`COORD_POLL_MS` set, as docs/distributed.md asks there) the
+/// file is opened and its open descriptor stat'ed: an NFS client answers a plain stat
+/// from its attribute cache, which can hold an mtime for many seconds (`acregmin` 3 s,
+/// doubling while the file looks unchanged, up to `acregmax` 60 s), but revalidates a
+/// file's attributes with the server on every open (close-to-open consistency), so a
+/// heartbeat from another host is seen when it happened.
 pub fn last_heartbeat(dir: &SessionDir, agent: &str) -> Option<SystemTime> {
-    std::fs::metadata(dir.heartbeat_file(agent)).and_then(|m| m.modified()).ok()
+    let path = dir.heartbeat_file(agent);
+    if crate::env::forced_poll().is_some()
+        && let Ok(f) = File::open(&path)
+    {
+        return f.metadata().and_then(|m| m.modified()).ok();
+    }
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 /// Whether the agent has sent a heartbeat since registering (its heartbeat file is newer

@@ -499,6 +499,10 @@ fn apply(dir: &SessionDir, model: &mut Model, op: &Op) -> Result<(), TestCaseErr
 /// The message files in `dir` (the ids), sorted.
 fn ids_in(dir: &Path) -> Result<Vec<String>, TestCaseError> {
     let mut out = Vec::new();
+    // `done/` and `dead/` are made by the first message moved into them.
+    if !dir.exists() {
+        return Ok(out);
+    }
     for e in std::fs::read_dir(dir).map_err(fail)? {
         let name = e.map_err(fail)?.file_name().to_string_lossy().into_owned();
         let id = name.strip_suffix(".json").ok_or_else(|| fail(format!("{}: stray file {name}", dir.display())))?;

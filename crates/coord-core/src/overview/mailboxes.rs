@@ -287,13 +287,12 @@ fn count_with(dir: &SessionDir, agent: &str, how: How) -> Result<std::result::Re
 
 /// The counts of one mailbox, each directory marked by `l` before it is listed.
 fn list_mailbox(dir: &SessionDir, agent: &str, l: &mut Lister) -> Result<mailbox::Counts> {
-    let handovers =
-        l.list(&dir.mailbox_tmp(agent))?.iter().filter(|(n, _)| n.ends_with(layout::REQUEUE_SUFFIX)).count();
+    let handovers = l.count(&dir.mailbox_tmp(agent), |n, _| n.ends_with(layout::REQUEUE_SUFFIX))?;
     let queued = queued_in(&dir.mailbox_new(agent), 0, l)?;
-    let in_flight = l.list(&dir.mailbox_cur(agent))?.len() + handovers;
-    let acked = l.list(&dir.mailbox_done(agent))?.len();
-    let dead = l.list(&dir.mailbox_dead(agent))?.len();
-    let bad = l.list(&dir.mailbox_bad(agent))?.len();
+    let in_flight = l.count(&dir.mailbox_cur(agent), |_, _| true)? + handovers;
+    let acked = l.count(&dir.mailbox_done(agent), |_, _| true)?;
+    let dead = l.count(&dir.mailbox_dead(agent), |_, _| true)?;
+    let bad = l.count(&dir.mailbox_bad(agent), |_, _| true)?;
     Ok(mailbox::Counts { agent: agent.to_string(), queued, in_flight, acked, dead, bad })
 }
 
@@ -341,16 +340,30 @@ impl Lister {
     fn list(&mut self, path: &Path) -> Result<Vec<(String, bool)>> {
         if self.mark(path) { entries(path) } else { Ok(Vec::new()) }
     }
+
+    /// How many (UTF-8) entries of `path` `keep` takes, marked first; none if missing.
+    fn count(&mut self, path: &Path, keep: impl Fn(&str, bool) -> bool) -> Result<usize> {
+        if !self.mark(path) {
+            return Ok(0);
+        }
+        let mut n = 0;
+        crate::dirents::list(path, |name, is_dir| {
+            n += usize::from(std::str::from_utf8(name).is_ok_and(|name| keep(name, is_dir)));
+        })
+        .map_err(|e| Error::io("list", path, e))?;
+        Ok(n)
+    }
 }
 
 /// The messages under `path`, a shard of `new/` at `level` (as `mailbox::count`).
 fn queued_in(path: &Path, level: usize, l: &mut Lister) -> Result<usize> {
+    if level == queue_shard::DEPTH {
+        return l.count(path, |_, is_dir| !is_dir);
+    }
     let mut n = 0;
     for (name, is_dir) in l.list(path)? {
-        if level < queue_shard::DEPTH && is_dir {
+        if is_dir {
             n += queued_in(&path.join(name), level + 1, l)?;
-        } else if level == queue_shard::DEPTH && !is_dir {
-            n += 1;
         }
     }
     Ok(n)
@@ -359,23 +372,13 @@ fn queued_in(path: &Path, level: usize, l: &mut Lister) -> Result<usize> {
 /// The UTF-8 names in `path` (none if it is missing) and whether each is a directory.
 /// Other names cannot be coord's and are not counted (`mailbox::count` sets them aside).
 fn entries(path: &Path) -> Result<Vec<(String, bool)>> {
-    let rd = match std::fs::read_dir(path) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io("list", path, e)),
-    };
     let mut out = Vec::new();
-    for entry in rd {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("list", path, e)),
-        };
-        let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if let Ok(name) = entry.file_name().into_string() {
-            out.push((name, is_dir));
+    crate::dirents::list(path, |name, is_dir| {
+        if let Ok(name) = std::str::from_utf8(name) {
+            out.push((name.to_string(), is_dir));
         }
-    }
+    })
+    .map_err(|e| Error::io("list", path, e))?;
     Ok(out)
 }
 

@@ -19,8 +19,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::index::{self, BLOCK, CHUNK, Route};
+use super::index::{BLOCK, CHUNK, Route};
 use super::{Progress, Status};
+use crate::dirents;
 use crate::error::{Error, Result};
 use crate::id;
 use crate::layout::SessionDir;
@@ -145,13 +146,15 @@ impl Census {
         self.listed += 1;
         let mut dirs = Vec::new();
         let mut records = 0;
-        for name in index::list_names(d)? {
-            if is_record(&name) {
+        dirents::list(d, |name, _| {
+            let Ok(name) = std::str::from_utf8(name) else { return };
+            if is_record(name) {
                 records += 1;
-            } else if keep_dir(&name, d) {
-                dirs.push(name);
+            } else if keep_dir(name, d) {
+                dirs.push(name.to_string());
             }
-        }
+        })
+        .map_err(|e| Error::io("list", d, e))?;
         dirs.sort();
         let trusted = (!is_fresh(mtime, now)).then_some(mtime);
         self.seen.insert(d.to_path_buf(), (trusted, Seen::Children { dirs: dirs.clone(), records }));
@@ -177,7 +180,9 @@ impl Census {
             return Ok(*n);
         }
         self.listed += 1;
-        let n = index::list_names(d)?.iter().filter(|name| is_record(name)).count();
+        let mut n = 0;
+        dirents::list(d, |name, _| n += usize::from(std::str::from_utf8(name).is_ok_and(&is_record)))
+            .map_err(|e| Error::io("list", d, e))?;
         let trusted = (!is_fresh(mtime, now)).then_some(mtime);
         self.seen.insert(d.to_path_buf(), (trusted, Seen::Count(n)));
         Ok(n)
@@ -236,6 +241,7 @@ fn is_priority_key(name: &str) -> bool {
 mod tests {
     use super::*;
     use crate::layout::Base;
+    use crate::task::index;
     use crate::task::{self, Holder, NewTask};
 
     fn session(tmp: &tempfile::TempDir) -> SessionDir {
