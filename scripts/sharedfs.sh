@@ -55,11 +55,15 @@ fi
 # ---------------------------------------------------------------- inside the virtual machine
 if [ "${1:-}" = --vm ]; then
   OUT=$2 BIN=$3 QUICK=$4
-  export PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" HOME=/tmp LC_ALL=C
+  export PATH="$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" LC_ALL=C
   mount -t proc proc /proc
   mount -t sysfs sys /sys
   mount -t devtmpfs dev /dev
-  for d in /tmp /run /mnt /var/lib/nfs; do mount -t tmpfs tmp "$d"; done
+  # The writable places. /tmp stays this machine's own (read-only), so a checkout or
+  # binaries under /tmp are still seen; temporary files go to /run/tmp.
+  for d in /run /mnt /var/lib/nfs; do mount -t tmpfs tmp "$d"; done
+  mkdir -p /run/tmp
+  export TMPDIR=/run/tmp HOME=/run/tmp
   mkdir -p "$OUT"
   mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 out "$OUT"
   exec >"$OUT/vm.log" 2>&1
@@ -130,6 +134,12 @@ if [ -z "$bin" ]; then
   bin=$(coord_release_dir -p session-init -p registry -p state -p msgq -p taskd -p healthmon)
 fi
 [ -x "$bin/taskd" ] || { echo "sharedfs: no coord binaries in $bin" >&2; exit 2; }
+# The virtual machine mounts its own filesystems over these, hiding what is there.
+for p in "$ROOT" "$bin"; do
+  case "$(readlink -f "$p")/" in
+    /run/* | /mnt/* | /var/lib/nfs/*) cannot "$p is under /run, /mnt or /var/lib/nfs, which the virtual machine mounts over; use a checkout elsewhere" ;;
+  esac
+done
 
 [ -n "$out" ] || out=$(mktemp -d /tmp/coord-sharedfs.XXXXXX)
 mkdir -p "$out"
