@@ -341,16 +341,14 @@ impl Lister {
         if self.mark(path) { entries(path) } else { Ok(Vec::new()) }
     }
 
-    /// How many (UTF-8) entries of `path` `keep` takes, marked first; none if missing.
+    /// How many entries of `path` `keep` takes, marked first; none if missing.
     fn count(&mut self, path: &Path, keep: impl Fn(&str, bool) -> bool) -> Result<usize> {
         if !self.mark(path) {
             return Ok(0);
         }
         let mut n = 0;
-        crate::dirents::list(path, |name, is_dir| {
-            n += usize::from(std::str::from_utf8(name).is_ok_and(|name| keep(name, is_dir)));
-        })
-        .map_err(|e| Error::io("list", path, e))?;
+        crate::dirents::list(path, |name, is_dir| n += usize::from(keep(name, is_dir)))
+            .map_err(|e| Error::io("list", path, e))?;
         Ok(n)
     }
 }
@@ -373,12 +371,8 @@ fn queued_in(path: &Path, level: usize, l: &mut Lister) -> Result<usize> {
 /// Other names cannot be coord's and are not counted (`mailbox::count` sets them aside).
 fn entries(path: &Path) -> Result<Vec<(String, bool)>> {
     let mut out = Vec::new();
-    crate::dirents::list(path, |name, is_dir| {
-        if let Ok(name) = std::str::from_utf8(name) {
-            out.push((name.to_string(), is_dir));
-        }
-    })
-    .map_err(|e| Error::io("list", path, e))?;
+    crate::dirents::list(path, |name, is_dir| out.push((name.to_string(), is_dir)))
+        .map_err(|e| Error::io("list", path, e))?;
     Ok(out)
 }
 

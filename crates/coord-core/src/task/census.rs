@@ -147,7 +147,6 @@ impl Census {
         let mut dirs = Vec::new();
         let mut records = 0;
         dirents::list(d, |name, _| {
-            let Ok(name) = std::str::from_utf8(name) else { return };
             if is_record(name) {
                 records += 1;
             } else if keep_dir(name, d) {
@@ -181,8 +180,7 @@ impl Census {
         }
         self.listed += 1;
         let mut n = 0;
-        dirents::list(d, |name, _| n += usize::from(std::str::from_utf8(name).is_ok_and(&is_record)))
-            .map_err(|e| Error::io("list", d, e))?;
+        dirents::list(d, |name, _| n += usize::from(is_record(name))).map_err(|e| Error::io("list", d, e))?;
         let trusted = (!is_fresh(mtime, now)).then_some(mtime);
         self.seen.insert(d.to_path_buf(), (trusted, Seen::Count(n)));
         Ok(n)
