@@ -160,8 +160,8 @@ host_b_dies() {
   seq "$CRASH_TASKS" | jq -c '{id: "c\(.)"}' | on a taskd submit --batch >/dev/null
   on a healthmon --interval 1 --stale-after 8 >"$OUT/healthmon.jsonl" 2>"$OUT/healthmon.err" &
   local hm=$!
-  on b taskd work b1 --type worker --lease 6 -- sh -c 'cat >/dev/null; sleep 1' >/dev/null &
-  on b taskd work b2 --type worker --lease 6 -- sh -c 'cat >/dev/null; sleep 1' >/dev/null &
+  on b taskd work b1 --type worker --lease 6 -- sh -c 'cat >/dev/null; sleep 1' >"$OUT/work-crash-b1.jsonl" 2>"$OUT/work-crash-b1.err" &
+  on b taskd work b2 --type worker --lease 6 -- sh -c 'cat >/dev/null; sleep 1' >"$OUT/work-crash-b2.jsonl" 2>"$OUT/work-crash-b2.err" &
   # Host a starts working only after host b has run a while, so b holds claims when it dies.
   sleep 12
   on a taskd work a1 --type worker --lease 6 --idle-exit 20 -- sh -c 'cat >/dev/null; sleep 1' >"$OUT/work-crash-a1.jsonl" &
@@ -169,7 +169,12 @@ host_b_dies() {
   sleep 6
   killed_at=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
   kill -9 "${HOSTPID[b]}"
+  sleep 1
+  local left_b
+  left_b=$(ps -eo pid=,args= | grep -cE '^ *[0-9]+ taskd work b[12] ' || true)
   wait "$a1" || true
+  local hm_alive=yes
+  kill -0 "$hm" 2>/dev/null || hm_alive=no
   kill -TERM "$hm" 2>/dev/null || true
   wait "$hm" || true
   early=$(on a jq -c --arg t "$killed_at" 'select(.event == "agent_dead" or .event == "agent_hung") | select(.ts < $t)' \
@@ -178,11 +183,30 @@ host_b_dies() {
   dead_a=$(on a jq -r 'select(.event == "agent_dead" or .event == "agent_hung") | select(.agent | startswith("a")) | .agent' \
     "/mnt/shared/base/$s/metrics/events.jsonl" | wc -l)
   done_count=$(on a taskd list --status completed | wc -l)
-  check "kill -9 of host b: declared dead by lease, never before" \
-    "$([ "$early" = 0 ] && [ "$dead_b" = "b1 b2 " ] && [ "$dead_a" = 0 ] && echo 1 || echo 0)" \
-    "killed at $killed_at; dead or hung before that: $early; declared dead: ${dead_b:-none}; host a agents declared dead: $dead_a"
+  local ok=0 why=""
+  [ "$early" = 0 ] && [ "$dead_b" = "b1 b2 " ] && [ "$dead_a" = 0 ] && ok=1
+  # What a failure needs to be understood without the virtual machine's log: the events
+  # healthmon wrote, its stderr, the registrations and what each worker did.
+  [ "$ok" = 1 ] || why="; $(trap - ERR; crash_diagnostics "$s" "$left_b" "$hm_alive" 2>/dev/null || true)"
+  check "kill -9 of host b: declared dead by lease, never before" "$ok" \
+    "killed at $killed_at; dead or hung before that: $early; declared dead: ${dead_b:-none}; host a agents declared dead: $dead_a$why"
   check "kill -9 of host b: its tasks finished by host a" "$([ "$done_count" = "$CRASH_TASKS" ] && echo 1 || echo 0)" \
     "$done_count of $CRASH_TASKS completed"
+}
+
+crash_diagnostics() { # SESSION B-PROCESSES-LEFT HEALTHMON-ALIVE: one line
+  { set +x; } 2>/dev/null
+  set +e +o pipefail
+  local w base=/mnt/shared/base/$1
+  # Lines with a leading + are the trace of this script, which background jobs inherit.
+  echo -n "host b's taskd processes left 1 s after the kill: $2; healthmon running when host a's worker exited: $3"
+  echo -n "; events: $(on a jq -r '"\(.ts) \(.event) \(.agent // "-") \(.reason // "")"' "$base/metrics/events.jsonl" | tail -n 12 | tr '\n' '|')"
+  echo -n "; healthmon stderr: $(grep -v '^+' "$OUT/healthmon.err" | tail -n 5 | tr '\n' '|')"
+  echo -n "; agents: $(on a registry list | jq -r '"\(.id) \(.host) \(.status)"' | tr '\n' ' ')"
+  echo -n "; heartbeats: $(on a find "$base/registry/heartbeats" -type f -printf '%f %TT ' 2>&1)"
+  echo -n "; completed by:"
+  for w in b1 b2 a1; do echo -n " $w $(grep -c '"status":"completed"' "$OUT/work-crash-$w.jsonl")"; done
+  echo -n "; stderr of b1 and b2: $(cat "$OUT"/work-crash-b?.err | grep -v '^+' | tail -n 4 | tr '\n' '|')"
 }
 
 # An NFSv3 mount with `nolock`, whose locks stay on the host that takes them: every tool
