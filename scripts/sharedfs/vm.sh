@@ -170,11 +170,16 @@ host_b_dies() {
   killed_at=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ)
   kill -9 "${HOSTPID[b]}"
   sleep 1
-  local left_b
+  local left_b i a1_rc=0 hm_alive=yes events=/mnt/shared/base/$s/metrics/events.jsonl
   left_b=$(ps -eo pid=,args= | grep -cE '^ *[0-9]+ taskd work b[12] ' || true)
-  wait "$a1" || true
-  local hm_alive=yes
+  # healthmon is given up to 90 s to declare both dead (the lease lapses 8 s after the
+  # last heartbeat), whatever host a's worker does meanwhile.
+  for i in $(seq 180); do
+    [ "$(on a jq -r 'select(.event == "agent_dead") | .agent' "$events" 2>/dev/null | grep -c '^b[12]$' || true)" -ge 2 ] && break
+    sleep 0.5
+  done
   kill -0 "$hm" 2>/dev/null || hm_alive=no
+  wait "$a1" || a1_rc=$?
   kill -TERM "$hm" 2>/dev/null || true
   wait "$hm" || true
   early=$(on a jq -c --arg t "$killed_at" 'select(.event == "agent_dead" or .event == "agent_hung") | select(.ts < $t)' \
@@ -187,19 +192,27 @@ host_b_dies() {
   [ "$early" = 0 ] && [ "$dead_b" = "b1 b2 " ] && [ "$dead_a" = 0 ] && ok=1
   # What a failure needs to be understood without the virtual machine's log: the events
   # healthmon wrote, its stderr, the registrations and what each worker did.
-  [ "$ok" = 1 ] || why="; $(trap - ERR; crash_diagnostics "$s" "$left_b" "$hm_alive" 2>/dev/null || true)"
+  [ "$ok" = 1 ] || why="; $(trap - ERR; crash_diagnostics "$s" "$left_b" "$hm_alive" "$a1_rc" 2>/dev/null || true)"
   check "kill -9 of host b: declared dead by lease, never before" "$ok" \
-    "killed at $killed_at; dead or hung before that: $early; declared dead: ${dead_b:-none}; host a agents declared dead: $dead_a$why"
+    "killed at $killed_at; dead or hung before that: $early; declared dead: ${dead_b:-none}($(dead_after "$events" "$killed_at")); host a agents declared dead: $dead_a$why"
   check "kill -9 of host b: its tasks finished by host a" "$([ "$done_count" = "$CRASH_TASKS" ] && echo 1 || echo 0)" \
     "$done_count of $CRASH_TASKS completed"
 }
 
-crash_diagnostics() { # SESSION B-PROCESSES-LEFT HEALTHMON-ALIVE: one line
+# How long after KILLED-AT (an RFC 3339 time) the last agent_dead event of EVENTS came.
+dead_after() { # EVENTS KILLED-AT
+  local last
+  last=$(on a jq -r 'select(.event == "agent_dead") | .ts' "$1" | sort | tail -n 1)
+  [ -n "$last" ] || { echo "no agent_dead event"; return 0; }
+  echo "$(($(date -d "$last" +%s%3N) - $(date -d "$2" +%s%3N))) ms after the kill"
+}
+
+crash_diagnostics() { # SESSION B-PROCESSES-LEFT HEALTHMON-ALIVE A1-EXIT: one line
   { set +x; } 2>/dev/null
   set +e +o pipefail
   local w base=/mnt/shared/base/$1
   # Lines with a leading + are the trace of this script, which background jobs inherit.
-  echo -n "host b's taskd processes left 1 s after the kill: $2; healthmon running when host a's worker exited: $3"
+  echo -n "host b's taskd processes left 1 s after the kill: $2; healthmon running after the wait: $3; host a's worker exited $4"
   echo -n "; events: $(on a jq -r '"\(.ts) \(.event) \(.agent // "-") \(.reason // "")"' "$base/metrics/events.jsonl" | tail -n 12 | tr '\n' '|')"
   echo -n "; healthmon stderr: $(grep -v '^+' "$OUT/healthmon.err" | tail -n 5 | tr '\n' '|')"
   echo -n "; agents: $(on a registry list | jq -r '"\(.id) \(.host) \(.status)"' | tr '\n' ' ')"
