@@ -183,10 +183,10 @@ host_b_dies() {
   kill -TERM "$hm" 2>/dev/null || true
   wait "$hm" || true
   early=$(on a jq -c --arg t "$killed_at" 'select(.event == "agent_dead" or .event == "agent_hung") | select(.ts < $t)' \
-    "/mnt/shared/base/$s/metrics/events.jsonl" | wc -l)
-  dead_b=$(on a jq -r 'select(.event == "agent_dead") | .agent' "/mnt/shared/base/$s/metrics/events.jsonl" | sort -u | tr '\n' ' ')
+    "$events" | wc -l)
+  dead_b=$(on a jq -r 'select(.event == "agent_dead") | .agent' "$events" | sort -u | tr '\n' ' ')
   dead_a=$(on a jq -r 'select(.event == "agent_dead" or .event == "agent_hung") | select(.agent | startswith("a")) | .agent' \
-    "/mnt/shared/base/$s/metrics/events.jsonl" | wc -l)
+    "$events" | wc -l)
   done_count=$(on a taskd list --status completed | wc -l)
   local ok=0 why=""
   [ "$early" = 0 ] && [ "$dead_b" = "b1 b2 " ] && [ "$dead_a" = 0 ] && ok=1
